@@ -1,0 +1,139 @@
+"""Namespace helpers shared by every module: one place for what the array API standard lacks.
+
+Nothing here imports a framework. Framework-specific behaviour (stop-gradient, "is this a tracer?")
+is reached through the array object itself or through modules the caller has already imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace, device, is_jax_array, is_torch_array
+
+__all__ = [
+    "array_namespace",
+    "device",
+    "namespace",
+    "accumulation_dtype",
+    "supports_float64",
+    "masked_logsumexp",
+    "softplus",
+    "sigmoid",
+    "stop_gradient",
+    "concrete_bool",
+    "one_hot",
+    "pairwise_equal",
+]
+
+Array = Any
+
+
+def namespace(*arrays: Array) -> ModuleType:
+    """The array-API namespace of the inputs (array-api-compat wraps numpy, torch, jax, cupy)."""
+    return array_namespace(*arrays)
+
+
+def _is_dtype(xp: ModuleType, dtype: Any, kind: str) -> bool:
+    return bool(xp.isdtype(dtype, kind))
+
+
+def accumulation_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """The dtype to compute in: float32 for float16/bfloat16 input, otherwise the input's own float dtype."""
+    if not _is_dtype(xp, dtype, "real floating"):
+        raise TypeError(f"expected a real floating dtype, got {dtype}")
+    if dtype == xp.float64 or dtype == xp.float32:
+        return dtype
+    return xp.float32  # float16, bfloat16: exp and sums lose too much in half precision
+
+
+def supports_float64(xp: ModuleType, dev: Any = None) -> bool:
+    """Whether float64 arrays can be made here (JAX needs jax_enable_x64; some devices lack float64)."""
+    try:
+        probe = xp.zeros(1, dtype=xp.float64, device=dev) if dev is not None else xp.zeros(1, dtype=xp.float64)
+    except Exception:  # noqa: BLE001 - any backend refusal means "no"
+        return False
+    return probe.dtype == xp.float64
+
+
+def masked_logsumexp(x: Array, mask: Array, /, *, axis: int = -1, empty: float = 0.0) -> tuple[Array, Array]:
+    """log sum_{mask} exp(x) along `axis`, max-shifted, and whether any entry was selected.
+
+    Rows with no selected entry get the finite value `empty` (never -inf), so that a later
+    `where` that discards them cannot turn into a NaN gradient.
+    """
+    xp = array_namespace(x, mask)
+    any_selected = xp.any(mask, axis=axis, keepdims=True)
+    # Fill masked entries with a finite value from the same row so no inf ever enters exp or max.
+    floor = xp.min(x, axis=axis, keepdims=True)
+    filled = xp.where(mask, x, floor)
+    shift = stop_gradient(xp.max(filled, axis=axis, keepdims=True))
+    terms = xp.where(mask, xp.exp(filled - shift), xp.zeros_like(filled))
+    total = xp.sum(terms, axis=axis, keepdims=True)
+    total = xp.where(any_selected, total, xp.ones_like(total))
+    lse = xp.where(any_selected, xp.log(total) + shift, xp.full_like(total, empty))
+    return xp.squeeze(lse, axis=axis), xp.squeeze(any_selected, axis=axis)
+
+
+def softplus(x: Array, /) -> Array:
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    xp = array_namespace(x)
+    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def sigmoid(x: Array, /) -> Array:
+    """1 / (1 + exp(-x)), the derivative of softplus, without overflow on either side."""
+    xp = array_namespace(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def stop_gradient(x: Array, /) -> Array:
+    """x as a constant for autodiff: torch detach, jax.lax.stop_gradient, identity elsewhere."""
+    if is_torch_array(x):
+        return x.detach()
+    if is_jax_array(x):
+        # A JAX array (or tracer) exists only once jax is imported, so this never imports it.
+        return sys.modules["jax"].lax.stop_gradient(x)
+    return x
+
+
+def concrete_bool(condition: Array) -> bool | None:
+    """bool(condition), or None under tracing (jax.jit), where data-dependent checks cannot run."""
+    try:
+        return bool(condition)
+    except Exception:  # jax raises TracerBoolConversionError, a ConcretizationTypeError
+        if is_jax_array(condition):
+            return None
+        raise
+
+
+def one_hot(labels: Array, num_classes: int, /, *, dtype: Any) -> Array:
+    """(N, C) matrix with 1 where labels == c: built by broadcasting, so it works under jit."""
+    xp = array_namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
+    return xp.astype(labels[:, None] == classes[None, :], dtype)
+
+
+def pairwise_equal(ids: Array, /) -> Array:
+    """(N, N) boolean matrix id_i == id_j."""
+    return ids[:, None] == ids[None, :]
+
+
+def is_array(x: Any) -> bool:
+    return array_api_compat.is_array_api_obj(x)
+
+
+def to_numpy(x: Array, /) -> Any:
+    """A NumPy copy of any array-API array (host transfer for device arrays)."""
+    import numpy as np  # numpy is a core dependency, not a framework
+
+    if is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_numpy_array(x) or is_jax_array(x):
+        return np.asarray(x)
+    return np.from_dlpack(x)
