@@ -109,12 +109,13 @@ def library_versions() -> dict[str, str]:
 
 
 def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an uncompressed .npz at exactly `path`, atomically.
+    """Write `arrays` as an uncompressed .npz at exactly `path` (parent folders created), atomically.
 
     The data go to a temporary file in the same directory, are flushed and fsync'ed, and then
     os.replace puts them in place: a crash at any point leaves either the old file or the new one.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     for key, value in arrays.items():
         if np.asarray(value).dtype.hasobject:
             raise CheckpointError(f"{path}: array {key!r} has an object dtype; only plain arrays are saved")
@@ -244,7 +245,8 @@ def _validate(arrays: Mapping[str, np.ndarray], path: Path) -> None:
         _expect(key in arrays, path, key, f"is missing; this file has {sorted(arrays)}")
     for key in ("format_version", "epoch"):
         value = arrays[key]
-        _expect(_is_int(value) and value.ndim == 0, path, key, f"must be an int scalar, not {value.dtype} {value.shape}")
+        problem = f"must be an int scalar, not {value.dtype} {value.shape}"
+        _expect(_is_int(value) and value.ndim == 0, path, key, problem)
     version = int(arrays["format_version"])
     _expect(version <= FORMAT_VERSION, path, "format_version", f"is {version}; this version reads <= {FORMAT_VERSION}")
     _expect(int(arrays["epoch"]) >= 0, path, "epoch", "must be >= 0")
