@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,9 @@ def test_augment_errors():
         data.augment(np.zeros((3, 4)), np.random.default_rng(0), "shift")
     with pytest.raises(ValueError, match="unknown augmentation"):
         data.augment(np.zeros((3, 4)), np.random.default_rng(0), "rotate")
+
+
+def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        data.digits()
