@@ -175,7 +175,7 @@ def _uniforms(rng: Any, uniforms: Array | None, shape: tuple[int, int], xp: Any,
     if uniforms is not None:
         if tuple(uniforms.shape) != shape:
             raise ValueError(f"uniforms must have shape (N, k) = {shape}, got {tuple(uniforms.shape)}")
-        return xp.astype(uniforms, dtype)
+        return xp.asarray(uniforms, dtype=dtype, device=aa.device(like))  # also takes NumPy draws
     if rng is None:
         raise ValueError("negatives='sampled' needs a random source: pass rng=<seed or numpy Generator> or uniforms=")
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
