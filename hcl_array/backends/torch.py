@@ -1,0 +1,141 @@
+"""PyTorch backend (autograd), the `nn.Module` wrappers of every loss, and the CIFAR ResNet encoders.
+
+Importing this module imports torch; `hcl_array.backends` imports it only when asked for
+(`get_backend("torch")` or `from hcl_array.backends.torch import HSCLLoss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import losses
+from .base import BackendBase, BackendUnavailable, Params, check_dtype
+
+try:
+    import array_api_compat.torch as xp_torch
+    import torch
+    from torch import nn
+except ImportError as error:  # the registry turns this into "pip install hcl-array[torch]"
+    raise BackendUnavailable(f"torch is not importable ({error})") from error
+
+__all__ = [
+    "TorchBackend",
+    "SCLLoss",
+    "HSCLLoss",
+    "UCLLoss",
+    "HUCLLoss",
+    "SupConLoss",
+    "NTXentLoss",
+    "DebiasedHCLLoss",
+    "resnet_encoder",
+]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class TorchBackend(BackendBase):
+    """PyTorch on "cpu", "cuda:<i>" or "mps"; gradients by torch.autograd."""
+
+    name = "torch"
+    xp = xp_torch
+
+    def value_and_grad(self, fn: Callable[..., Any], params: Params, *args: Any) -> tuple[Any, Params]:
+        """(fn(params, *args), grads) by autograd; params stay plain tensors (fresh leaves are made here)."""
+        leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+        value = fn(leaves, *args)
+        grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+        zero_if_unused = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
+        return value.detach(), dict(zip(leaves, zero_if_unused))
+
+    def stop_gradient(self, x: Any) -> Any:
+        """x.detach()."""
+        return x.detach()
+
+    def generator(self, seed: int) -> torch.Generator:
+        """torch.Generator seeded with seed (on the CPU)."""
+        return torch.Generator().manual_seed(seed)
+
+    def from_numpy(self, array: np.ndarray, dtype: str | None = None, device: str | None = None) -> torch.Tensor:
+        """A tensor copy on `device` (default "cpu"), floats cast to dtype."""
+        check_dtype(dtype)
+        array = np.asarray(array)
+        target = _DTYPES[dtype] if dtype is not None and np.issubdtype(array.dtype, np.floating) else None
+        try:
+            return torch.tensor(array, dtype=target, device=device or "cpu")
+        except (RuntimeError, AssertionError) as error:  # unknown or unavailable device
+            raise ValueError(f"torch cannot place arrays on device {device!r} ({error})") from error
+
+    def devices(self) -> list[str]:
+        """["cpu"] plus every visible "cuda:<i>" and "mps" when available."""
+        found = ["cpu"]
+        if torch.cuda.is_available():
+            found += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            found.append("mps")
+        return found
+
+    def version(self) -> str:
+        """torch.__version__."""
+        return str(torch.__version__)
+
+
+# ----------------------------------------------------------------------------------------------------
+# nn.Module wrappers: the functional losses, with their options fixed at construction.
+
+
+class _ContrastiveLossModule(nn.Module):
+    """forward(embeddings, labels=None, **call_options) = loss(embeddings, labels, **options, **call_options)."""
+
+    function: Callable[..., Any] = staticmethod(losses.contrastive_loss)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, **call_options: Any) -> torch.Tensor:
+        """The loss of (N, d) embeddings with labels/ids, or of (B, V, d) views (instance ids if labels is None)."""
+        return type(self).function(embeddings, labels, **{**self.options, **call_options})
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+
+
+def _wrapper(name: str, function: Callable[..., Any]) -> type[_ContrastiveLossModule]:
+    doc = f"`hcl_array.losses.{function.__name__}` as an nn.Module; keyword options as in that function.\n\n"
+    return type(name, (_ContrastiveLossModule,), {"function": staticmethod(function), "__doc__": doc + (function.__doc__ or "")})
+
+
+SCLLoss = _wrapper("SCLLoss", losses.scl)
+HSCLLoss = _wrapper("HSCLLoss", losses.hscl)
+UCLLoss = _wrapper("UCLLoss", losses.ucl)
+HUCLLoss = _wrapper("HUCLLoss", losses.hucl)
+SupConLoss = _wrapper("SupConLoss", losses.supcon)
+NTXentLoss = _wrapper("NTXentLoss", losses.ntxent)
+DebiasedHCLLoss = _wrapper("DebiasedHCLLoss", losses.debiased_hcl)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ResNet encoders with the CIFAR stem (torch only).
+
+
+def resnet_encoder(kind: str, output_dim: int, seed: int) -> nn.Module:
+    """torchvision's resnet18/resnet50 with the CIFAR stem (3x3 stride-1 conv, no max-pool), d outputs.
+
+    Raises BackendUnavailable naming the missing package when torchvision is not installed.
+    """
+    if kind not in ("resnet18", "resnet50"):
+        raise ValueError(f"unknown ResNet {kind!r}; choose resnet18 or resnet50")
+    try:
+        import torchvision
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"--encoder {kind} needs torchvision, which is not installed: pip install torchvision"
+        ) from error
+    torch.manual_seed(seed)  # torchvision initializes from torch's global generator
+    model = getattr(torchvision.models, kind)(num_classes=output_dim)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

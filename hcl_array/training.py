@@ -1,0 +1,485 @@
+"""The training loop as a library function: `train(TrainConfig(...), out=..., callback=...)`.
+
+No printing: progress goes to `callback(EpochReport)` after every epoch. Every random choice is a
+function of (seed, epoch, batch): initialization is drawn once with NumPy from the seed, batches from
+(seed, epoch), augmentations and sampled negatives from (seed, epoch, batch). So every backend sees the
+same numbers, and a run resumed from its checkpoint continues exactly as if it had never stopped.
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as datasets
+from . import encoders, losses, optim
+from .backends import get_backend
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "LOSSES",
+    "TrainConfig",
+    "EpochReport",
+    "TrainResult",
+    "ContrastiveObjective",
+    "train",
+    "load_dataset",
+    "significant_directions",
+]
+
+Array = Any
+LOSSES: dict[str, Callable[..., Any]] = {
+    "scl": losses.scl, "hscl": losses.hscl, "ucl": losses.ucl, "hucl": losses.hucl,
+    "supcon": losses.supcon, "ntxent": losses.ntxent, "debiased_hcl": losses.debiased_hcl,
+}  # fmt: skip
+HARDENED = ("hscl", "hucl", "debiased_hcl")
+INSTANCE_ID_LOSSES = ("ucl", "hucl", "ntxent", "debiased_hcl")  # with --views >= 2 positives are the other views
+TORCH_ENCODERS = ("resnet18", "resnet50")
+DEFAULT_BETA = 5.0
+DEFAULT_SAMPLED_K = 256
+#: Fields that may differ between a run and the run resumed from its checkpoint.
+RESUMABLE_CHANGES = ("epochs", "device")
+#: A class-mean spectrum direction counts as significant when its covariance eigenvalue is at least this
+#: fraction of the largest (log ratio above log(1e-3)); the cliff of dimensional collapse falls far below.
+SIGNIFICANT_RATIO = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice of a run (all JSON-serializable; saved in the checkpoint as `config`)."""
+
+    data: str = "synthetic"
+    data_dir: str | None = None
+    data_path: str | None = None
+    classes: int = 10
+    per_class: int = 100
+    input_dim: int = 32
+    separation: float = 3.0
+    noise: float = 1.0
+    encoder: str = "mlp"
+    hidden: int = encoders.DEFAULT_HIDDEN
+    loss: str = "hscl"
+    beta: float | None = None  # None: DEFAULT_BETA for the hardened losses
+    temperature: float | None = None  # None: the loss's own default (1 for the paper's losses)
+    normalize: str | None = None  # None: the loss's own default ("ball" for the paper's losses)
+    negatives: str = "expected"
+    k: int | None = None
+    dim: int | None = None  # None: num_classes - 1
+    batch_size: int = 128
+    epochs: int = 30
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    dtype: str = "float32"
+    device: str | None = None
+    backend: str = "numpy"
+    views: int = 1
+    paper: bool = False
+
+    def validate(self) -> None:
+        """ValueError with a one-line message for any value that cannot work (checked before any data loads)."""
+        _check_choice("loss", self.loss, tuple(LOSSES))
+        _check_choice("encoder", self.encoder, encoders.ENCODERS + TORCH_ENCODERS)
+        _check_choice("negatives", self.negatives, ("expected", "sampled"))
+        _check_choice("optimizer", self.optimizer, tuple(optim.OPTIMIZERS))
+        _check_choice("dtype", self.dtype, ("float32", "float64"))
+        _check_choice("data", self.data, datasets.DATASET_NAMES)
+        if self.normalize is not None:
+            _check_choice("normalize", self.normalize, ("ball", "sphere", "none"))
+        if self.beta is not None:
+            if self.loss not in HARDENED:
+                raise ValueError(f"beta applies to the hardened losses ({', '.join(HARDENED)}), not {self.loss!r}")
+            if not (math.isfinite(self.beta) and self.beta >= 0):
+                raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
+        for name in ("classes", "per_class", "input_dim", "hidden", "batch_size", "epochs", "views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if self.encoder == "free" and self.views > 1:
+            raise ValueError("--views >= 2 needs an encoder of the input (linear, mlp, resnet): free rows ignore x")
+        if self.encoder in TORCH_ENCODERS and self.backend != "torch":
+            raise ValueError(f"encoder {self.encoder!r} exists only with --backend torch")
+
+    def loss_options(self) -> dict[str, Any]:
+        """Keyword options of the loss function: hardness, temperature, normalization, negatives, preset."""
+        options: dict[str, Any] = dict(losses.PAPER_PRESET) if self.paper else {}
+        if self.loss in HARDENED:
+            options["beta"] = DEFAULT_BETA if self.beta is None else self.beta
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.normalize is not None:
+            options["normalize"] = self.normalize
+        if not self.paper or self.negatives == "sampled":
+            options["negatives"] = self.negatives
+        if self.k is not None:
+            options["k"] = self.k
+        if options.get("negatives") == "sampled":
+            options.setdefault("k", DEFAULT_SAMPLED_K)
+        return options
+
+    def normalization(self) -> str:
+        """The g the loss applies (saved embeddings are g(z), the representation the loss sees)."""
+        if self.normalize is not None:
+            return self.normalize
+        default = "sphere" if self.loss in ("supcon", "ntxent", "debiased_hcl") else "ball"
+        return "ball" if self.paper else default
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What the callback receives after each epoch: metrics are the history entries of that epoch."""
+
+    epoch: int  # 1-based, completed
+    epochs: int
+    metrics: dict[str, float]
+    seconds: float
+    checkpoint: Path | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The final state: the checkpoint (also written to `path` when an output was given)."""
+
+    checkpoint: Checkpoint
+    path: Path | None
+    seconds: float
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def load_dataset(config: TrainConfig) -> datasets.Dataset:
+    """The data set named by the config, from data.py (FileNotFoundError / ValueError on bad input)."""
+    if config.data == "synthetic":
+        return datasets.synthetic(
+            num_classes=config.classes, per_class=config.per_class, input_dim=config.input_dim,
+            separation=config.separation, noise=config.noise, seed=config.seed,
+        )  # fmt: skip
+    if config.data == "digits":
+        return datasets.digits(seed=config.seed)
+    if config.data in ("cifar10", "cifar100"):
+        if config.data_dir is None:
+            raise ValueError(f"--data {config.data} needs --data-dir, the folder holding the CIFAR files")
+        return datasets.load(config.data, data_dir=config.data_dir)
+    if config.data_path is None:
+        raise ValueError("--data npz needs --data-path (or pass --data path/to/file.npz)")
+    return datasets.npz(config.data_path, seed=config.seed)
+
+
+def significant_directions(spectrum: np.ndarray, ratio: float = SIGNIFICANT_RATIO) -> int:
+    """How many class-mean spectrum values (log eigenvalue ratios, descending) lie above log(ratio)."""
+    return int(np.sum(np.asarray(spectrum) > math.log(ratio)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The objective: encoder + loss, differentiable by autograd (torch, jax) or analytically (numpy, cupy).
+
+
+@dataclass(frozen=True)
+class ContrastiveObjective:
+    """loss(encoder(params, x)) for one batch, with its analytic value-and-grad for backends without autodiff.
+
+    Call as objective(params, x, ids, indices, uniforms): x (B, V, ...) views or (B, ...) samples (None for
+    the free encoder), ids (B,) labels/ids or None for instance ids, indices (B,) training-row numbers,
+    uniforms (B*V, k) for sampled negatives or None.
+    """
+
+    encoder: str
+    loss: str
+    options: dict[str, Any]
+    views: int = 1
+    module_forward: Callable[..., Array] | None = None  # a torch module's functional forward (resnets)
+
+    def embed(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
+        """z: (B, d) for one view, (B, V, d) for V views (rows of x flattened sample-major first)."""
+        if self.views == 1:
+            return self._forward(params, x, indices)
+        xp = _namespace_of(params)
+        batch = indices.shape[0]
+        rows = xp.reshape(x, (batch * self.views, *x.shape[2:]))
+        z = self._forward(params, rows, _repeat(indices, self.views))
+        return xp.reshape(z, (batch, self.views, z.shape[-1]))
+
+    def __call__(self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None) -> Array:  # noqa: E501
+        """The mean loss of the batch."""
+        return LOSSES[self.loss](self.embed(params, x, indices), ids, uniforms=uniforms, **self.options)
+
+    def value_and_grad(self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None) -> tuple[Array, dict[str, Array]]:  # noqa: E501
+        """(loss, dloss/dparams) from the loss's analytic VJP and the encoder's explicit one (no autodiff)."""
+        if self.module_forward is not None:
+            raise NotImplementedError("ResNet encoders have no analytic gradient: train them with --backend torch")
+        z = self.embed(params, x, indices)
+        value, grad_z = LOSSES[self.loss](z, ids, uniforms=uniforms, return_grad=True, **self.options)
+        xp = _namespace_of(params)
+        if self.views == 1:
+            return value, encoders.backward(self.encoder, params, x, indices, grad_z)
+        batch = indices.shape[0]
+        rows = xp.reshape(x, (batch * self.views, *x.shape[2:]))
+        flat_grad = xp.reshape(grad_z, (batch * self.views, grad_z.shape[-1]))
+        return value, encoders.backward(self.encoder, params, rows, _repeat(indices, self.views), flat_grad)
+
+    def _forward(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
+        if self.module_forward is not None:
+            return self.module_forward(params, x)
+        return encoders.forward(self.encoder, params, x, indices)
+
+
+def _namespace_of(params: dict[str, Array]) -> Any:
+    from ._array_api import namespace
+
+    return namespace(*params.values())
+
+
+def _repeat(indices: Array, times: int) -> Array:
+    """Each index repeated `times` times in a row (sample-major), matching (B, V) -> (B*V,) reshapes."""
+    from ._array_api import namespace
+
+    xp = namespace(indices)
+    return xp.reshape(xp.stack([indices] * times, axis=1), (-1,))
+
+
+def make_step(backend: Any, objective: ContrastiveObjective, optimizer: optim.Optimizer) -> Callable[..., Any]:
+    """One compiled optimizer step: (params, opt_state, *batch) -> (params, opt_state, loss)."""
+
+    def step(params: dict[str, Array], opt_state: dict[str, Array], *batch: Any) -> tuple[Any, Any, Array]:
+        value, grads = backend.value_and_grad(objective, params, *batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optim.apply_updates(params, updates), opt_state, value
+
+    return backend.compile(step)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run: setup, batches, evaluation, checkpoint.
+
+
+@dataclass
+class _Run:
+    """Everything a run holds between epochs (parameters and optimizer state live on the backend)."""
+
+    config: TrainConfig
+    backend: Any
+    dataset: datasets.Dataset
+    dim: int
+    objective: ContrastiveObjective
+    params: dict[str, Array]
+    opt_state: dict[str, Array]
+    history: dict[str, list[float]]
+    class_means: list[np.ndarray]
+    start_epoch: int = 0
+
+
+def _setup(config: TrainConfig) -> _Run:
+    backend = get_backend(config.backend)
+    dataset = load_dataset(config)
+    dim = config.dim if config.dim is not None else max(dataset.num_classes - 1, 1)
+    views = config.views
+    options = config.loss_options()
+    if config.encoder in TORCH_ENCODERS:
+        from .backends.torch import resnet_encoder
+
+        module = resnet_encoder(config.encoder, dim, config.seed)
+        initial = {name: value.detach().numpy().astype(np.float64) for name, value in module.named_parameters()}
+        module_forward = _functional_module(module)
+    else:
+        input_dim = int(np.prod(dataset.input_shape))
+        initial = encoders.init_params(
+            config.encoder, input_dim=input_dim, output_dim=dim, num_samples=dataset.x_train.shape[0],
+            hidden=config.hidden, seed=config.seed,
+        )  # fmt: skip
+        module_forward = None
+    objective = ContrastiveObjective(config.encoder, config.loss, options, views, module_forward)
+    params = backend.params_from_numpy(initial, config.dtype, config.device)
+    optimizer = backend.optimizer(config.optimizer, params, lr=config.lr)
+    return _Run(config, backend, dataset, dim, objective, params, optimizer.init(params), {}, [])
+
+
+def _functional_module(module: Any) -> Callable[..., Array]:
+    from torch.func import functional_call
+
+    return lambda params, x: functional_call(module, params, (x,))
+
+
+def _resume(run: _Run, path: str | Path) -> None:
+    """Load params, optimizer state and history from a checkpoint of the same configuration."""
+    saved = load_checkpoint(path)
+    saved_config = saved.config.get("train_config")
+    if not isinstance(saved_config, dict) or not saved.params:
+        raise CheckpointError(f"{path}: not an `hcl train` checkpoint with parameters to resume from")
+    current = dataclasses.asdict(run.config)
+    differing = sorted(
+        key for key in current.keys() | saved_config.keys()
+        if key not in RESUMABLE_CHANGES and current.get(key) != saved_config.get(key)
+    )  # fmt: skip
+    if differing:
+        details = ", ".join(f"{key}: {saved_config.get(key)!r} -> {current.get(key)!r}" for key in differing)
+        raise ValueError(f"{path}: cannot resume with a different configuration ({details})")
+    backend, dtype, device = run.backend, run.config.dtype, run.config.device
+    run.params = backend.params_from_numpy(saved.params, dtype, device)
+    run.opt_state = backend.params_from_numpy(saved.optimizer_state, dtype, device)
+    run.history = {key: [float(v) for v in values] for key, values in saved.history.items()}
+    run.class_means = list(np.asarray(saved.class_means))
+    run.start_epoch = saved.epoch
+
+
+def _uses_instance_ids(config: TrainConfig) -> bool:
+    return config.views > 1 and config.loss in INSTANCE_ID_LOSSES
+
+
+def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: int) -> tuple[Any, ...]:
+    """(x, ids, indices, uniforms) of one batch on the backend; randomness from (seed, epoch, batch) only."""
+    config, dataset, backend = run.config, run.dataset, run.backend
+    place = lambda array: backend.from_numpy(array, config.dtype, config.device)  # noqa: E731
+    if config.encoder == "free":
+        x = None
+    elif config.views == 1:
+        x = place(dataset.x_train[indices])
+    else:
+        view_rng = np.random.default_rng([config.seed, epoch, batch_number, 1])
+        views = [datasets.augment(dataset.x_train[indices], view_rng) for _ in range(config.views)]
+        x = place(np.stack(views, axis=1))
+    ids = None if _uses_instance_ids(config) else place(dataset.y_train[indices])
+    uniforms = None
+    options = run.objective.options
+    if options.get("negatives") == "sampled":
+        negative_rng = np.random.default_rng([config.seed, epoch, batch_number, 2])
+        uniforms = place(negative_rng.random((indices.size * config.views, options["k"])))
+    return x, ids, place(indices), uniforms
+
+
+def _embed(run: _Run, embed_fn: Callable[..., Array], x: np.ndarray | None, count: int, chunk: int = 4096) -> np.ndarray:
+    """g(f(x)) of `count` rows (the free encoder's own rows when x is None), float64 on the host."""
+    if count == 0:
+        return np.zeros((0, run.dim))
+    backend, config = run.backend, run.config
+    parts = []
+    for start in range(0, count, chunk):
+        rows = np.arange(start, min(start + chunk, count), dtype=np.int64)
+        x_part = None if x is None else backend.from_numpy(x[rows], config.dtype, config.device)
+        parts.append(backend.to_numpy(embed_fn(run.params, x_part, backend.from_numpy(rows, None, config.device))))
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Train and test embeddings g(z) and the epoch's collapse metrics (computed in NumPy float64)."""
+    from . import metrics
+
+    dataset, num_classes = run.dataset, run.dataset.num_classes
+    train_embeddings = _embed(run, embed_fn, None if run.config.encoder == "free" else dataset.x_train, dataset.x_train.shape[0])
+    # The free encoder has rows only for training samples: it has no test embeddings.
+    test_count = 0 if run.config.encoder == "free" else dataset.x_test.shape[0]
+    test_embeddings = _embed(run, embed_fn, dataset.x_test, test_count)
+    report = metrics.collapse_report(train_embeddings, dataset.y_train, num_classes=num_classes)
+    scalars = {key: float(value) for key, value in report.items() if key != "spectrum"}
+    scalars["significant_directions"] = float(significant_directions(report["spectrum"]))
+    scalars["test_mean_classifier_accuracy"] = math.nan
+    if test_count:
+        reference = (train_embeddings, dataset.y_train)
+        accuracy = metrics.mean_classifier_accuracy(
+            test_embeddings, dataset.y_test[:test_count], num_classes=num_classes, reference=reference
+        )
+        scalars["test_mean_classifier_accuracy"] = float(accuracy)
+    return train_embeddings, test_embeddings, scalars
+
+
+def _checkpoint(run: _Run, epoch: int, train_embeddings: np.ndarray, test_embeddings: np.ndarray) -> Checkpoint:
+    dataset, backend = run.dataset, run.backend
+    config_json = {
+        "train_config": dataclasses.asdict(run.config),
+        "num_classes": dataset.num_classes,
+        "dim": run.dim,
+        "input_shape": list(dataset.input_shape),
+        "loss_options": run.objective.options,
+        "normalize": run.config.normalization(),
+        "backend_version": backend.version(),
+        "embeddings": "g(z): the normalized representation the loss sees",
+    }
+    return Checkpoint(
+        train_embeddings=train_embeddings,
+        train_labels=dataset.y_train,
+        test_embeddings=test_embeddings,
+        test_labels=dataset.y_test[: test_embeddings.shape[0]],
+        class_means=np.stack(run.class_means) if run.class_means else np.zeros((0, dataset.num_classes, run.dim)),
+        history={key: np.asarray(values, dtype=np.float64) for key, values in run.history.items()},
+        config=config_json,
+        params=backend.params_to_numpy(run.params),
+        optimizer_state=backend.params_to_numpy(run.opt_state),
+        epoch=epoch,
+    )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    out: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    callback: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Train an encoder with a contrastive loss; write the checkpoint to `out` atomically after every epoch.
+
+    resume_from: a checkpoint of the same configuration (only `epochs` and `device` may change); training
+    continues after its last completed epoch and gives the same result as an uninterrupted run.
+    Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
+    """
+    config.validate()
+    started = time.perf_counter()
+    run = _setup(config)
+    if resume_from is not None:
+        _resume(run, resume_from)
+        out = resume_from if out is None else out
+    optimizer = run.backend.optimizer(config.optimizer, run.params, lr=config.lr)
+    step = make_step(run.backend, run.objective, optimizer)
+    normalize = config.normalization()
+    embed_fn = run.backend.compile(
+        lambda params, x, indices: losses.normalize_embeddings(run.objective._forward(params, x, indices), normalize)
+    )
+    path = None if out is None else Path(out)
+    num_train = run.dataset.x_train.shape[0]
+    checkpoint = None
+    for epoch in range(run.start_epoch, config.epochs):
+        epoch_started = time.perf_counter()
+        batch_losses = []
+        for batch_number, indices in enumerate(datasets.batches(num_train, config.batch_size, seed=config.seed, epoch=epoch)):
+            arguments = _batch_arguments(run, indices, epoch, batch_number)
+            run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
+            batch_losses.append(float(run.backend.to_numpy(value)))
+        train_embeddings, test_embeddings, scalars = _evaluate(run, embed_fn)
+        scalars = {"loss": float(np.mean(batch_losses)), **scalars}
+        for key, value in scalars.items():
+            run.history.setdefault(key, []).append(value)
+        run.class_means.append(_class_means(train_embeddings, run.dataset.y_train, run.dataset.num_classes))
+        checkpoint = _checkpoint(run, epoch + 1, train_embeddings, test_embeddings)
+        if path is not None:
+            save_checkpoint(path, checkpoint)
+        if callback is not None:
+            callback(EpochReport(epoch + 1, config.epochs, scalars, time.perf_counter() - epoch_started, path))
+    if checkpoint is None:  # resumed at or past the last epoch: nothing left to train
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    history = {key: np.asarray(values) for key, values in run.history.items()}
+    return TrainResult(checkpoint, path, time.perf_counter() - started, history)
+
+
+def _class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, d) mean of each class's rows (zero for a class without rows)."""
+    sums = np.zeros((num_classes, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings)
+    counts = np.bincount(labels, minlength=num_classes)[:, None]
+    return sums / np.maximum(counts, 1)
