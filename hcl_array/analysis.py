@@ -1,0 +1,327 @@
+"""The data behind `hcl analyze`: load runs, compute their final collapse metrics, compare them.
+
+A run is an `hcl train` checkpoint or a plain embeddings file of any model (see `load_embeddings`).
+Final metrics are `collapse_report` on the training embeddings (the geometry the loss shapes) and, when
+the file has a test set, `collapse_report` on the test embeddings with the training class means as the
+classifier (`reference`), which is the paper's mean-classifier test accuracy. Histories over epochs
+come from the checkpoint: `history/<name>` arrays where training recorded them, and the class-mean
+conditions recomputed from the `class_means` array (C rows per epoch) where it did not.
+
+Everything here is NumPy and plain Python; the figures are in `hcl_array.plots`, the terminal table in
+`hcl_array.cli.analyze`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import CheckpointError, Embeddings, load_embeddings
+
+__all__ = [
+    "HISTORY_METRICS",
+    "TABLE_METRICS",
+    "MetricInfo",
+    "Run",
+    "RunReport",
+    "comparison_rows",
+    "final_report",
+    "load_run",
+    "load_runs",
+    "metric_history",
+    "recorded_epochs",
+    "reports_to_json",
+    "run_name",
+    "spectrum_at_epoch",
+]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How one metric is shown: its report key, a human label, and its value at neural collapse."""
+
+    key: str
+    label: str
+    target: float | None  # None: no fixed target (accuracies: higher is better; rankme: C - 1)
+
+
+# Rows of the comparison table, in the order the paper discusses them: its four conditions, the
+# standard NC metrics, then dimensional collapse and the probes.
+TABLE_METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("unit_norm", "unit-norm", 0.0),
+    MetricInfo("zero_sum", "zero-sum", 0.0),
+    MetricInfo("equal_inner_product", "equal inner product", 0.0),
+    MetricInfo("within_class_variation", "within-class variation", 0.0),
+    MetricInfo("nc1", "NC1", 0.0),
+    MetricInfo("nc1_quotient", "tr(Sw)/tr(Sb)", 0.0),
+    MetricInfo("cdnv", "CDNV", 0.0),
+    MetricInfo("equinorm", "equinorm", 0.0),
+    MetricInfo("equiangularity", "equiangularity", 0.0),
+    MetricInfo("etf_distance", "ETF distance", 0.0),
+    MetricInfo("rankme", "RankMe", None),
+    MetricInfo("ncc_accuracy", "NCC accuracy (train)", None),
+    MetricInfo("mean_classifier_accuracy", "mean-classifier acc. (train)", None),
+)
+TEST_METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("ncc_accuracy", "NCC accuracy (test)", None),
+    MetricInfo("mean_classifier_accuracy", "mean-classifier acc. (test)", None),
+)
+
+# The class-mean metrics that can be recomputed for any epoch from the checkpoint's class_means.
+_FROM_CLASS_MEANS = ("unit_norm", "zero_sum", "equal_inner_product", "etf_distance")
+# Per-epoch curves `hcl analyze --plots` draws; history/<key> is used when training recorded it.
+HISTORY_METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("unit_norm", "unit-norm", 0.0),
+    MetricInfo("zero_sum", "zero-sum", 0.0),
+    MetricInfo("equal_inner_product", "equal inner product", 0.0),
+    MetricInfo("within_class_variation", "within-class variation", 0.0),
+    MetricInfo("nc1", "NC1", 0.0),
+    MetricInfo("etf_distance", "ETF distance", 0.0),
+    MetricInfo("mean_classifier_accuracy", "mean-classifier accuracy (test)", None),
+    MetricInfo("ncc_accuracy", "NCC accuracy", None),
+    MetricInfo("loss", "training loss", None),
+)
+# Other names a trainer may have used for the same per-epoch quantity (first match wins).
+_HISTORY_ALIASES: dict[str, tuple[str, ...]] = {
+    "mean_classifier_accuracy": (
+        "test_mean_classifier_accuracy", "mean_classifier_accuracy", "test_accuracy", "accuracy",
+    ),  # fmt: skip
+    "ncc_accuracy": ("test_ncc_accuracy", "ncc_accuracy"),
+    "nc1": ("nc1", "train_nc1"),
+    "within_class_variation": ("within_class_variation", "train_within_class_variation"),
+}
+_EPOCH_KEYS = ("epoch", "epochs")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One loaded file: its embeddings (and history), the name it is shown under, and its class count."""
+
+    path: Path
+    name: str
+    data: Embeddings
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Final metrics of one run: `train` and `test` are collapse_report dicts without the spectrum."""
+
+    path: Path
+    name: str
+    source: str
+    config: dict[str, Any]
+    num_classes: int
+    dim: int
+    epochs_recorded: int
+    train: dict[str, float]
+    test: dict[str, float] | None
+    spectrum: np.ndarray
+
+
+def _format_number(value: Any) -> str:
+    number = float(value)
+    return f"{number:g}" if number != int(number) or abs(number) >= 1e6 else str(int(number))
+
+
+def run_name(config: Mapping[str, Any], path: str | Path) -> str:
+    """A short run label from its config, e.g. 'HSCL beta=5' or 'SCL'; the file stem when there is no loss."""
+    loss = config.get("loss")
+    if not loss:
+        return Path(path).stem
+    name = str(loss).upper()
+    beta = config.get("beta")
+    # beta only matters for the hard-negative losses; SCL/UCL carry a default that would read as a setting.
+    is_hard = name.startswith("H") or "DEBIASED" in name or "HCL" in name
+    if beta is not None and is_hard:
+        name += f" beta={_format_number(beta)}"
+    return name
+
+
+def _unique_names(names: Sequence[str], paths: Sequence[Path]) -> list[str]:
+    """Names, with the file name appended where two runs would otherwise share a label."""
+    return [f"{name} ({path.name})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+
+
+def _num_classes(data: Embeddings, path: Path) -> int:
+    if data.class_means is not None and data.class_means.shape[0] > 0:
+        return int(data.class_means.shape[1])
+    labels = [data.train_labels] + ([data.test_labels] if data.test_labels is not None else [])
+    top = max(int(y.max(initial=-1)) for y in labels)
+    if top < 0:
+        raise CheckpointError(f"{path}: 'labels' is empty; nothing to analyze")
+    return top + 1
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    """Load a checkpoint or plain embeddings file (CheckpointError/FileNotFoundError name the file and key)."""
+    path = Path(path)
+    data = load_embeddings(path)
+    if data.train_embeddings.shape[0] == 0:
+        raise CheckpointError(f"{path}: 'train_embeddings' has no rows; nothing to analyze")
+    return Run(path, name or run_name(data.config, path), data, _num_classes(data, path))
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """load_run for each path, named so that no two runs share a label."""
+    runs = [load_run(path) for path in paths]
+    names = _unique_names([run.name for run in runs], [run.path for run in runs])
+    return [Run(run.path, name, run.data, run.num_classes) for run, name in zip(runs, names)]
+
+
+def _scalars(report: Mapping[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in report.items() if key != "spectrum"}
+
+
+def _collapse_report(path: Path, embeddings: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, Any]:
+    from .metrics import collapse_report  # imported here so `hcl --help` stays fast
+
+    try:
+        return collapse_report(embeddings, labels, **options)
+    except (ValueError, TypeError) as error:  # e.g. NaN embeddings, labels out of range
+        raise CheckpointError(f"{path}: cannot compute metrics ({error})") from error
+
+
+def final_report(run: Run) -> RunReport:
+    """collapse_report on the run's training embeddings, and on its test embeddings with training means."""
+    data = run.data
+    train = _collapse_report(run.path, data.train_embeddings, data.train_labels, num_classes=run.num_classes)
+    test = None
+    if data.test_embeddings is not None and data.test_embeddings.shape[0] > 0:
+        reference = (data.train_embeddings, data.train_labels)
+        test_report = _collapse_report(
+            run.path, data.test_embeddings, data.test_labels, num_classes=run.num_classes, reference=reference
+        )
+        test = _scalars(test_report)
+    epochs = 0 if data.class_means is None else int(data.class_means.shape[0])
+    return RunReport(
+        path=run.path, name=run.name, source=data.source, config=dict(data.config), num_classes=run.num_classes,
+        dim=int(data.train_embeddings.shape[1]), epochs_recorded=epochs, train=_scalars(train), test=test,
+        spectrum=np.asarray(train["spectrum"], dtype=np.float64),
+    )  # fmt: skip
+
+
+def _json_number(value: float) -> float | None:
+    # Strict JSON has no inf/NaN; the metrics never return NaN, so null means an infinite ratio.
+    return value if math.isfinite(value) else None
+
+
+def reports_to_json(reports: Sequence[RunReport]) -> dict[str, Any]:
+    """The numbers of `hcl analyze --json`: one object per run, non-finite values as null."""
+
+    def numbers(metrics: Mapping[str, float] | None) -> dict[str, float | None] | None:
+        return None if metrics is None else {key: _json_number(value) for key, value in metrics.items()}
+
+    return {
+        "runs": [
+            {
+                "file": str(report.path),
+                "name": report.name,
+                "source": report.source,
+                "config": report.config,
+                "num_classes": report.num_classes,
+                "dim": report.dim,
+                "epochs_recorded": report.epochs_recorded,
+                "train": numbers(report.train),
+                "test": numbers(report.test),
+                "spectrum": [_json_number(float(value)) for value in report.spectrum],
+            }
+            for report in reports
+        ]
+    }
+
+
+def comparison_rows(reports: Sequence[RunReport]) -> list[tuple[str, str, list[float | None]]]:
+    """Rows (label, target, one value per run) of the side-by-side table; None where a run lacks the value."""
+    num_classes = {report.num_classes for report in reports}
+    rankme_target = f"C-1 = {num_classes.pop() - 1}" if len(num_classes) == 1 else "C-1"
+    rows: list[tuple[str, str, list[float | None]]] = []
+    for info in TABLE_METRICS:
+        target = rankme_target if info.key == "rankme" else ("high" if info.target is None else f"{info.target:g}")
+        rows.append((info.label, target, [report.train.get(info.key) for report in reports]))
+    for info in TEST_METRICS:
+        rows.append((info.label, "high", [None if r.test is None else r.test.get(info.key) for r in reports]))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Histories over epochs.
+
+
+def recorded_epochs(data: Embeddings) -> np.ndarray:
+    """The epoch number of each row of class_means (history/epoch when recorded, else 1, 2, ..., E)."""
+    count = 0 if data.class_means is None else int(data.class_means.shape[0])
+    for key in _EPOCH_KEYS:
+        epochs = data.history.get(key)
+        if epochs is not None and epochs.shape == (count,):
+            return np.asarray(epochs).astype(np.int64)
+    return np.arange(1, count + 1, dtype=np.int64)
+
+
+def _means_metric(name: str, means: np.ndarray) -> float:
+    """A class-mean metric of one (C, d) matrix: each class is its single mean row."""
+    from . import metrics
+
+    labels = np.arange(means.shape[0], dtype=np.int64)
+    return float(getattr(metrics, name)(means, labels, num_classes=means.shape[0]))
+
+
+def _finite_class_means(data: Embeddings, epoch_index: int) -> np.ndarray | None:
+    means = np.asarray(data.class_means[epoch_index], dtype=np.float64)
+    return means if np.all(np.isfinite(means)) else None
+
+
+def metric_history(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-epoch (epochs, values) for each metric of HISTORY_METRICS the run has; empty for a plain file.
+
+    A recorded history/<key> (or an alias such as test_accuracy) wins; the class-mean conditions are
+    otherwise recomputed from class_means. Metrics the run has no way to provide are left out.
+    """
+    data = run.data
+    if data.class_means is None or data.class_means.shape[0] == 0:
+        return {}
+    epochs = recorded_epochs(data)
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for info in HISTORY_METRICS:
+        for key in _HISTORY_ALIASES.get(info.key, (info.key,)):
+            if key in data.history:
+                series[info.key] = (epochs, np.asarray(data.history[key], dtype=np.float64))
+                break
+    missing = [name for name in _FROM_CLASS_MEANS if name not in series]
+    if missing:
+        columns: dict[str, list[float]] = {name: [] for name in missing}
+        for index in range(len(epochs)):
+            means = _finite_class_means(data, index)
+            for name in missing:
+                columns[name].append(math.nan if means is None else _means_metric(name, means))
+        series |= {name: (epochs, np.asarray(values)) for name, values in columns.items()}
+    return series
+
+
+def spectrum_at_epoch(run: Run, epoch: int | None = None) -> tuple[int | None, np.ndarray]:
+    """(epoch, log(s_k/s_1)) of the class means: the recorded epoch `epoch`, or the final embeddings if None.
+
+    The class-mean spectrum of the means M equals that of any embeddings with those class means, so a
+    recorded epoch needs only class_means[epoch]. Raises CheckpointError when that epoch was not recorded.
+    """
+    from .metrics import class_mean_spectrum
+
+    data = run.data
+    if epoch is None:
+        spectrum = class_mean_spectrum(data.train_embeddings, data.train_labels, num_classes=run.num_classes)
+        return None, np.asarray(spectrum, dtype=np.float64)
+    epochs = recorded_epochs(data)
+    matches = np.flatnonzero(epochs == epoch)
+    if data.class_means is None or matches.size == 0:
+        have = f"recorded epochs {epochs.min()}..{epochs.max()}" if epochs.size else "no recorded epochs"
+        raise CheckpointError(f"{run.path}: 'class_means' has no epoch {epoch} ({have})")
+    means = _finite_class_means(data, int(matches[-1]))
+    if means is None:
+        raise CheckpointError(f"{run.path}: 'class_means' at epoch {epoch} has NaN or infinite values")
+    labels = np.arange(means.shape[0], dtype=np.int64)
+    return epoch, np.asarray(class_mean_spectrum(means, labels, num_classes=means.shape[0]), dtype=np.float64)
