@@ -646,11 +646,12 @@ def knn_accuracy(
     votes_per_class = one_hot(reference_labels, num_classes, dtype=data.dtype)
     hits = xp.zeros((), dtype=data.dtype, device=device(data))
     for start in range(0, data.shape[0], chunk_size):  # chunks of rows bound memory; not a loop over classes
-        similarity = queries[start : start + chunk_size] @ keys.T
+        stop = min(start + chunk_size, data.shape[0])
+        similarity = queries[start:stop, :] @ keys.T
         kth_largest = -xp.sort(-similarity, axis=1)[:, k - 1 : k]
         weights = xp.where(similarity >= kth_largest, xp.exp((similarity - 1.0) / temperature), xp.zeros_like(similarity))
         prediction = xp.argmax(weights @ votes_per_class, axis=1)
-        hits = hits + xp.sum(xp.astype(prediction == labels[start : start + chunk_size], data.dtype))
+        hits = hits + xp.sum(xp.astype(prediction == labels[start:stop], data.dtype))
     return hits / data.shape[0]
 
 
@@ -727,7 +728,7 @@ def uniformity(embeddings: Array, /, *, t: float = 2.0, chunk_size: int = 1024) 
     column = xp.arange(num_rows, device=device(rows))
     chunk_max, chunk_sum = [], []
     for start in range(0, num_rows, chunk_size):  # chunks of rows bound memory
-        block = rows[start : start + chunk_size]
+        block = rows[start : min(start + chunk_size, num_rows), :]
         row = xp.arange(start, start + block.shape[0], device=device(rows))
         sq_distance = xp.clip(2.0 - 2.0 * (block @ rows.T), 0.0, 4.0)  # unit rows: norm(a - b)^2 = 2 - 2 cos
         pairs = column[None, :] > row[:, None]  # j > i
