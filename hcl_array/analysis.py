@@ -82,18 +82,14 @@ HISTORY_METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("within_class_variation", "within-class variation", 0.0),
     MetricInfo("nc1", "NC1", 0.0),
     MetricInfo("etf_distance", "ETF distance", 0.0),
-    MetricInfo("mean_classifier_accuracy", "mean-classifier accuracy (test)", None),
-    MetricInfo("ncc_accuracy", "NCC accuracy", None),
+    MetricInfo("test_mean_classifier_accuracy", "mean-classifier accuracy (test)", None),
+    MetricInfo("mean_classifier_accuracy", "mean-classifier accuracy (train)", None),
     MetricInfo("loss", "training loss", None),
 )
 # Other names a trainer may have used for the same per-epoch quantity (first match wins).
 _HISTORY_ALIASES: dict[str, tuple[str, ...]] = {
-    "mean_classifier_accuracy": (
-        "test_mean_classifier_accuracy", "mean_classifier_accuracy", "test_accuracy", "accuracy",
-    ),  # fmt: skip
-    "ncc_accuracy": ("test_ncc_accuracy", "ncc_accuracy"),
-    "nc1": ("nc1", "train_nc1"),
-    "within_class_variation": ("within_class_variation", "train_within_class_variation"),
+    "test_mean_classifier_accuracy": ("test_mean_classifier_accuracy", "test_accuracy"),
+    "mean_classifier_accuracy": ("mean_classifier_accuracy", "train_mean_classifier_accuracy"),
 }
 _EPOCH_KEYS = ("epoch", "epochs")
 
@@ -122,6 +118,7 @@ class RunReport:
     train: dict[str, float]
     test: dict[str, float] | None
     spectrum: np.ndarray
+    significant_directions: int  # spectrum values above log(1e-3), as `hcl train` records them
 
 
 def _format_number(value: Any) -> str:
@@ -129,15 +126,26 @@ def _format_number(value: Any) -> str:
     return f"{number:g}" if number != int(number) or abs(number) >= 1e6 else str(int(number))
 
 
+def _loss_and_beta(config: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """The loss name and the hardness the loss actually used, from `hcl train`'s config or a flat one."""
+    settings = config.get("train_config", config)
+    options = config.get("loss_options", {})
+    loss = settings.get("loss") if isinstance(settings, Mapping) else None
+    # loss_options holds the resolved beta (a default filled in); train_config may say None.
+    beta = options.get("beta") if isinstance(options, Mapping) and "beta" in options else None
+    if beta is None and isinstance(settings, Mapping):
+        beta = settings.get("beta")
+    return loss, beta
+
+
 def run_name(config: Mapping[str, Any], path: str | Path) -> str:
     """A short run label from its config, e.g. 'HSCL beta=5' or 'SCL'; the file stem when there is no loss."""
-    loss = config.get("loss")
+    loss, beta = _loss_and_beta(config)
     if not loss:
         return Path(path).stem
     name = str(loss).upper()
-    beta = config.get("beta")
-    # beta only matters for the hard-negative losses; SCL/UCL carry a default that would read as a setting.
-    is_hard = name.startswith("H") or "DEBIASED" in name or "HCL" in name
+    # beta only matters for the hard-negative losses; SCL/UCL may carry a value that would read as a setting.
+    is_hard = name.startswith("H") or "HCL" in name
     if beta is not None and is_hard:
         name += f" beta={_format_number(beta)}"
     return name
@@ -187,6 +195,12 @@ def _collapse_report(path: Path, embeddings: np.ndarray, labels: np.ndarray, **o
         raise CheckpointError(f"{path}: cannot compute metrics ({error})") from error
 
 
+def _significant_directions(spectrum: np.ndarray) -> int:
+    from .training import significant_directions  # the same cut-off as training's history
+
+    return significant_directions(np.asarray(spectrum))
+
+
 def final_report(run: Run) -> RunReport:
     """collapse_report on the run's training embeddings, and on its test embeddings with training means."""
     data = run.data
@@ -203,6 +217,7 @@ def final_report(run: Run) -> RunReport:
         path=run.path, name=run.name, source=data.source, config=dict(data.config), num_classes=run.num_classes,
         dim=int(data.train_embeddings.shape[1]), epochs_recorded=epochs, train=_scalars(train), test=test,
         spectrum=np.asarray(train["spectrum"], dtype=np.float64),
+        significant_directions=_significant_directions(train["spectrum"]),
     )  # fmt: skip
 
 
@@ -229,6 +244,7 @@ def reports_to_json(reports: Sequence[RunReport]) -> dict[str, Any]:
                 "epochs_recorded": report.epochs_recorded,
                 "train": numbers(report.train),
                 "test": numbers(report.test),
+                "significant_directions": report.significant_directions,
                 "spectrum": [_json_number(float(value)) for value in report.spectrum],
             }
             for report in reports
@@ -244,6 +260,7 @@ def comparison_rows(reports: Sequence[RunReport]) -> list[tuple[str, str, list[f
     for info in TABLE_METRICS:
         target = rankme_target if info.key == "rankme" else ("high" if info.target is None else f"{info.target:g}")
         rows.append((info.label, target, [report.train.get(info.key) for report in reports]))
+    rows.append(("significant directions", rankme_target, [float(r.significant_directions) for r in reports]))
     for info in TEST_METRICS:
         rows.append((info.label, "high", [None if r.test is None else r.test.get(info.key) for r in reports]))
     return rows
@@ -289,8 +306,10 @@ def metric_history(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for info in HISTORY_METRICS:
         for key in _HISTORY_ALIASES.get(info.key, (info.key,)):
-            if key in data.history:
-                series[info.key] = (epochs, np.asarray(data.history[key], dtype=np.float64))
+            values = np.asarray(data.history.get(key, []), dtype=np.float64)
+            # An all-NaN history is a quantity the run could not measure (no test set with a free encoder).
+            if values.size and not np.all(np.isnan(values)):
+                series[info.key] = (epochs, values)
                 break
     missing = [name for name in _FROM_CLASS_MEANS if name not in series]
     if missing:

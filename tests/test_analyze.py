@@ -48,10 +48,21 @@ def _checkpoint(path: Path, *, loss: str, beta: float, seed: int, history: bool 
         }
     checkpoint = Checkpoint(
         train_embeddings=train, train_labels=train_labels, test_embeddings=test, test_labels=test_labels,
-        class_means=means, history=recorded, config={"loss": loss, "beta": beta, "temperature": 1.0},
+        class_means=means, history=recorded, config=_train_config(loss, beta),
         params={}, optimizer_state={}, epoch=EPOCHS,
     )  # fmt: skip
     return save_checkpoint(path, checkpoint)
+
+
+def _train_config(loss: str, beta: float) -> dict:
+    """The config layout `hcl train` writes: its options, and the loss options it resolved."""
+    hard = loss.startswith("h")
+    return {
+        "train_config": {"loss": loss, "beta": None, "temperature": None},
+        "loss_options": {"beta": beta} if hard else {},
+        "num_classes": NUM_CLASSES,
+        "dim": DIM,
+    }
 
 
 @pytest.fixture
@@ -110,7 +121,8 @@ def test_json_equals_collapse_report(runs: list[Path], runner: CliRunner, tmp_pa
         _assert_same_numbers(run["test"], expected_test)
         assert set(run["train"]) == set(expected_train) - {"spectrum"}
         np.testing.assert_allclose(run["spectrum"], expected_train["spectrum"], rtol=1e-12)
-        assert run["config"]["loss"] in {"scl", "hscl"} and run["epochs_recorded"] == EPOCHS
+        assert run["config"]["train_config"]["loss"] in {"scl", "hscl"} and run["epochs_recorded"] == EPOCHS
+        assert run["significant_directions"] == int(np.sum(expected_train["spectrum"] > math.log(1e-3)))
 
 
 def test_json_to_stdout_is_pure_json(runs: list[Path], runner: CliRunner) -> None:
@@ -154,7 +166,22 @@ def test_history_recomputes_class_mean_conditions(runs: list[Path]) -> None:
     means = run.data.class_means[2]
     expected = collapse_report(means, np.arange(NUM_CLASSES), num_classes=NUM_CLASSES)["equal_inner_product"]
     assert values[2] == pytest.approx(expected, rel=1e-12)
-    assert history["mean_classifier_accuracy"][1][-1] == pytest.approx(0.9)  # from test_mean_classifier_accuracy
+    assert history["test_mean_classifier_accuracy"][1][-1] == pytest.approx(0.9)
+    assert "mean_classifier_accuracy" not in history  # not recorded by this fixture
+
+
+@pytest.mark.parametrize(
+    ("config", "name"),
+    [
+        ({"train_config": {"loss": "hscl", "beta": None}, "loss_options": {"beta": 5.0}}, "HSCL beta=5"),
+        ({"train_config": {"loss": "hucl", "beta": 0.5}}, "HUCL beta=0.5"),
+        ({"train_config": {"loss": "scl", "beta": 3.0}, "loss_options": {}}, "SCL"),
+        ({"loss": "ucl"}, "UCL"),
+        ({}, "run7"),
+    ],
+)
+def test_run_names_come_from_loss_and_beta(config: dict, name: str) -> None:
+    assert analysis.run_name(config, "out/run7.npz") == name
 
 
 def test_spectrum_at_epoch_uses_class_means(runs: list[Path]) -> None:
