@@ -49,7 +49,8 @@ def lightly(session: nox.Session) -> None:
     """lightly imports torchvision, which needs the torch build it was made for (not the CPU pin)."""
     session.install("torch==2.14.1", "torchvision==0.29.1", "lightly")
     session.install("-e", ".[test-core]")
-    session.run("pytest", "-q", "tests/test_peers.py", *session.posargs)
+    session.run("pytest", "-q", "tests/test_peers.py", "-k", "lightly", *session.posargs,
+                env={"HCL_REQUIRE_LIGHTLY": "1"})  # fmt: skip
 
 
 @nox.session(default=False)
