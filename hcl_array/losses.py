@@ -233,6 +233,73 @@ def _pair_losses(
     return aa.softplus(x), sig * dg_dc, sig * (dg_ds - 1.0)
 
 
+def _pair_masks(row_ids: Array, col_ids: Array, first_row: int, *, candidates: str, include_self: bool) -> tuple[Array, Array]:
+    """Positives P(i) and negative candidates N(i) of anchors first_row, first_row + 1, ... against every column.
+
+    The dense path passes all rows (first_row = 0); the tiled path one block of anchor rows at a time.
+    """
+    xp = aa.namespace(row_ids, col_ids)
+    same = row_ids[:, None] == col_ids[None, :]
+    rows = xp.arange(first_row, first_row + row_ids.shape[0], device=aa.device(row_ids))
+    not_self = rows[:, None] != xp.arange(col_ids.shape[0], device=aa.device(col_ids))[None, :]
+    positives = same if include_self else same & not_self
+    if candidates == "other-ids":
+        candidate_mask = ~same
+    else:
+        candidate_mask = xp.ones_like(same) if include_self else not_self
+    return positives, candidate_mask
+
+
+def _hardening_weights(hardening: Hardening, similarity: Array, candidate_mask: Array, detach: bool) -> tuple[Array, Array]:
+    """log eta on the support {n in N(i) : eta(s_in) > 0} (0 elsewhere, so no -inf enters a gradient), and the support."""
+    xp = aa.namespace(similarity)
+    log_eta = hardening.log_weights(similarity, candidate_mask)
+    support = candidate_mask & (log_eta > -math.inf)
+    log_weights = xp.where(support, log_eta, xp.zeros_like(log_eta))
+    return (aa.stop_gradient(log_weights) if detach else log_weights), support
+
+
+def _anchor_terms(
+    log_weights: Array, support: Array, similarity: Array, candidate_mask: Array, *, k: int | None,
+    negative_reduction: str,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """c_i = log lambda_i + LSE_n(log w_in + s_in) - LSE_n(log w_in), from one anchor's full row of candidates.
+
+    Returns (c, log lambda, LSE(log w), LSE(log w + s), has negatives), each of shape (rows,).
+    """
+    xp = aa.namespace(similarity)
+    log_normalizer, has_negatives = aa.masked_logsumexp(log_weights, support)
+    log_tilted, _ = aa.masked_logsumexp(log_weights + similarity, support)
+    num_candidates = xp.sum(xp.astype(candidate_mask, similarity.dtype), axis=1)
+    if negative_reduction == "mean":
+        log_lambda = xp.zeros_like(num_candidates)
+    elif k is not None:
+        log_lambda = xp.full_like(num_candidates, math.log(k))
+    else:
+        log_lambda = xp.log(xp.maximum(num_candidates, xp.ones_like(num_candidates)))
+    return log_lambda + log_tilted - log_normalizer, log_lambda, log_normalizer, log_tilted, has_negatives
+
+
+def _similarity_grad(
+    pair_weights: Array, dl_dc: Array, dl_ds: Array, log_weights: Array, similarity: Array, support: Array,
+    log_tilted: Array, log_normalizer: Array | None, slope: float | None,
+) -> Array:
+    """dL/ds_in = w_in dl/ds_in + r_i p_in (+ slope r_i (p_in - q_in)),  r_i = sum_j w_ij dl/dc_ij.
+
+    p_i is the tilted softmax over the support of (log w_in + s_in), q_i the weights' own softmax; the
+    slope term is the gradient through undetached exponential weights (d log eta / ds = slope).
+    """
+    xp = aa.namespace(similarity)
+    anchor_grad = xp.sum(pair_weights * dl_dc, axis=1)
+    zeros = xp.zeros_like(similarity)
+    tilted = xp.where(support, xp.exp(log_weights + similarity - log_tilted[:, None]), zeros)
+    dl_dsim = pair_weights * dl_ds + anchor_grad[:, None] * tilted
+    if slope:
+        weights = xp.where(support, xp.exp(log_weights - log_normalizer[:, None]), zeros)
+        dl_dsim = dl_dsim + slope * anchor_grad[:, None] * (tilted - weights)
+    return dl_dsim
+
+
 def _forward(
     z: Array,
     ids: Array,
@@ -257,19 +324,8 @@ def _forward(
     u = normalize_embeddings(z, normalize)
     similarity = (u @ u.T) / temperature
 
-    same = aa.pairwise_equal(ids)
-    not_self = ~xp.eye(n, dtype=xp.bool, device=aa.device(z))
-    positives = same if include_self else same & not_self
-    if candidates == "other-ids":
-        candidate_mask = ~same
-    else:
-        candidate_mask = xp.ones_like(same) if include_self else not_self
-
-    log_eta = hardening.log_weights(similarity, candidate_mask)
-    support = candidate_mask & (log_eta > -math.inf)
-    log_weights = xp.where(support, log_eta, xp.zeros_like(log_eta))
-    if detach_weights:
-        log_weights = aa.stop_gradient(log_weights)
+    positives, candidate_mask = _pair_masks(ids, ids, 0, candidates=candidates, include_self=include_self)
+    log_weights, support = _hardening_weights(hardening, similarity, candidate_mask, detach_weights)
     if negatives == "sampled":
         log_norm, _ = aa.masked_logsumexp(aa.stop_gradient(log_weights), support)
         probabilities = xp.exp(aa.stop_gradient(log_weights) - log_norm[:, None])
@@ -277,17 +333,9 @@ def _forward(
         support = counts > 0
         log_weights = xp.log(xp.where(support, xp.astype(counts, similarity.dtype), xp.ones_like(similarity)))
 
-    log_normalizer, has_negatives = aa.masked_logsumexp(log_weights, support)
-    log_tilted, _ = aa.masked_logsumexp(log_weights + similarity, support)
-    num_candidates = xp.sum(xp.astype(candidate_mask, similarity.dtype), axis=1)
-    if negative_reduction == "mean":
-        log_lambda = xp.zeros_like(num_candidates)
-    elif k is not None:
-        log_lambda = xp.full_like(num_candidates, math.log(k))
-    else:
-        log_lambda = xp.log(xp.maximum(num_candidates, xp.ones_like(num_candidates)))
-    anchor_term = log_lambda + log_tilted - log_normalizer
-
+    anchor_term, log_lambda, _, _, has_negatives = _anchor_terms(
+        log_weights, support, similarity, candidate_mask, k=k, negative_reduction=negative_reduction
+    )
     pair_loss, dl_dc, dl_ds = _pair_losses(form, anchor_term, similarity, log_lambda, tau_plus, temperature)
     # An anchor without negatives has l = 0; `where` (not a product) keeps its gradient exactly zero.
     valid_pairs = positives & has_negatives[:, None]
@@ -295,14 +343,7 @@ def _forward(
     pair_loss = xp.where(valid_pairs, pair_loss, zeros)
 
     pair_counts = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
-    per_anchor_weight = 1.0 / xp.maximum(pair_counts, xp.ones_like(pair_counts))
-    if reduction == "mean":
-        total = xp.sum(pair_counts)
-        pair_weights = xp.astype(positives, similarity.dtype) / xp.maximum(total, xp.ones_like(total))
-    else:
-        anchors = xp.sum(xp.astype(pair_counts > 0, similarity.dtype))
-        scale = per_anchor_weight if reduction == "none" else per_anchor_weight / xp.maximum(anchors, xp.ones_like(anchors))
-        pair_weights = xp.astype(positives, similarity.dtype) * scale[:, None]
+    pair_weights = xp.astype(positives, similarity.dtype) * _anchor_scale(pair_counts, reduction)[:, None]
     weighted = pair_loss * pair_weights
     value = xp.sum(weighted, axis=1) if reduction == "none" else xp.sum(weighted)
 
@@ -321,6 +362,20 @@ def _forward(
     return value, pieces
 
 
+def _anchor_scale(pair_counts: Array, reduction: str) -> Array:
+    """The weight of each of anchor i's pairs in the loss: 1/#pairs ("mean"), 1/(|P(i)| #anchors) ("anchor_mean"),
+    1/|P(i)| ("none", per-anchor values). `pair_counts` holds |P(i)| for every anchor of the batch."""
+    xp = aa.namespace(pair_counts)
+    if reduction == "mean":
+        total = xp.sum(pair_counts)
+        return xp.ones_like(pair_counts) / xp.maximum(total, xp.ones_like(total))
+    per_anchor_weight = 1.0 / xp.maximum(pair_counts, xp.ones_like(pair_counts))
+    if reduction == "none":
+        return per_anchor_weight
+    anchors = xp.sum(xp.astype(pair_counts > 0, pair_counts.dtype))
+    return per_anchor_weight / xp.maximum(anchors, xp.ones_like(anchors))
+
+
 def _backward(z: Array, pieces: _Pieces, *, normalize: str, temperature: float, slope: float | None) -> Array:
     """dL/dz from the forward pieces: the analytic VJP of the whole family, in the array API.
 
@@ -328,18 +383,11 @@ def _backward(z: Array, pieces: _Pieces, *, normalize: str, temperature: float, 
     p_i = softmax over the support of (log w_in + s_in); with undetached exponential weights the
     candidate term gains beta r_i (p_in - q_in). Then dL/du = (G + G^T) u / tau, pulled back through g.
     """
-    xp = aa.namespace(z)
     p = pieces
-    weighted_dc = p.pair_weights * p.dl_dc
-    anchor_grad = xp.sum(weighted_dc, axis=1)
+    log_normalizer = aa.masked_logsumexp(p.log_weights, p.support)[0] if slope else None
     log_tilted, _ = aa.masked_logsumexp(p.log_weights + p.similarity, p.support)
-    zeros = xp.zeros_like(p.similarity)
-    tilted = xp.where(p.support, xp.exp(p.log_weights + p.similarity - log_tilted[:, None]), zeros)
-    dl_dsim = p.pair_weights * p.dl_ds + anchor_grad[:, None] * tilted
-    if slope:
-        log_normalizer, _ = aa.masked_logsumexp(p.log_weights, p.support)
-        weights = xp.where(p.support, xp.exp(p.log_weights - log_normalizer[:, None]), zeros)
-        dl_dsim = dl_dsim + slope * anchor_grad[:, None] * (tilted - weights)
+    dl_dsim = _similarity_grad(p.pair_weights, p.dl_dc, p.dl_ds, p.log_weights, p.similarity, p.support,
+                               log_tilted, log_normalizer, slope)  # fmt: skip
     grad_u = ((dl_dsim + dl_dsim.T) @ p.u) / temperature
     return _normalize_vjp(z, p.u, grad_u, normalize)
 
@@ -369,6 +417,7 @@ def contrastive_loss(
     check_finite: bool = True,
     tau_plus: float = 0.0,
     form: Literal["infonce", "supcon", "debiased"] = "infonce",
+    tile: int | Literal["auto"] | None = "auto",
 ) -> Array | tuple[Array, Array]:
     """The general hard-negative contrastive loss that every named loss is one call of.
 
@@ -397,6 +446,11 @@ def contrastive_loss(
         return_grad: also return dL/dembeddings from the analytic VJP (for NumPy and CuPy training).
         check_finite: reject NaN/Inf embeddings (skipped automatically under jax.jit).
         tau_plus, form: internal to `supcon` and `debiased_hcl`.
+        tile: memory-efficient evaluation (`hcl_array.tiled`): blocks of `tile` anchor rows against all
+            columns, O(tile * N) memory instead of O(N^2), same values and gradients. "auto" (default):
+            tiled above N = 4096 rows when the configuration allows it (expected negatives, a built-in
+            hardening function), dense otherwise; None: always dense; an integer: always tiled with
+            that many rows per block (ValueError when the configuration needs the dense path).
 
     Returns:
         The loss (a 0-d array, or (N,) with reduction="none") in float32 for half-precision input,
@@ -419,6 +473,22 @@ def contrastive_loss(
     hardening = as_hardening(hardening)
     dtype = aa.accumulation_dtype(xp, z.dtype)
     z_compute = xp.astype(z, dtype)
+    if return_grad and reduction == "none":
+        raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
+
+    from . import tiled  # here, not at the top: tiled builds on this module's helpers
+
+    rows_per_tile = tiled.resolve_tile(tile, z.shape[0], hardening=hardening, negatives=negatives,
+                                       detach_weights=detach_weights)  # fmt: skip
+    if rows_per_tile is not None:
+        config = tiled.TiledConfig(
+            tile=rows_per_tile, form=form, candidates=candidates, hardening=hardening, temperature=temperature,
+            normalize=normalize, k=None if k is None else int(k), negative_reduction=negative_reduction,
+            include_self=include_self, reduction=reduction, tau_plus=float(tau_plus),
+            slope=0.0 if detach_weights else float(hardening.slope),
+        )  # fmt: skip
+        result = tiled.tiled_loss(z_compute, ids, config, return_grad=return_grad)
+        return _restore_views(embeddings, *result, xp) if return_grad else result
 
     value, pieces = _forward(
         z_compute, ids, xp, form=form, candidates=candidates, hardening=hardening, temperature=temperature,
@@ -428,8 +498,6 @@ def contrastive_loss(
     )  # fmt: skip
     if not return_grad:
         return value
-    if reduction == "none":
-        raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
     slope = 0.0
     if not detach_weights and negatives == "expected":
         slope = getattr(hardening, "slope", None)
@@ -438,6 +506,11 @@ def contrastive_loss(
                 f"analytic gradient through the weights of {hardening!r} is unknown: use detach_weights=True"
             )
     grad = _backward(z_compute, pieces, normalize=normalize, temperature=temperature, slope=slope)
+    return _restore_views(embeddings, value, grad, xp)
+
+
+def _restore_views(embeddings: Array, value: Array, grad: Array, xp: Any) -> tuple[Array, Array]:
+    """(value, gradient) with the gradient in the embeddings' own layout and dtype ((B, V, d) views un-flattened)."""
     if embeddings.ndim == 3:
         batch, views, dim = embeddings.shape
         grad = xp.permute_dims(xp.reshape(grad, (views, batch, dim)), (1, 0, 2))

@@ -1,0 +1,37 @@
+"""The tiled loss as a `jax.custom_vjp`: its backward pass recomputes blocks instead of storing them.
+
+Imported by `hcl_array.tiled` only when the input is a jax array, so the core never imports jax.
+Works under `jax.jit` (the blocks are a Python loop over static shapes) and `jax.grad`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+
+from hcl_array import tiled
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tiled(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array:
+    return tiled.forward(z, ids, config)[0]
+
+
+def _tiled_forward(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, Any]:
+    value, stats = tiled.forward(z, ids, config)
+    return value, (z, ids, stats)
+
+
+def _tiled_backward(config: tiled.TiledConfig, residuals: Any, cotangent: jax.Array) -> tuple[jax.Array, None]:
+    z, ids, stats = residuals
+    return tiled.backward(z, ids, stats, cotangent, config), None  # integer ids get no cotangent
+
+
+_tiled.defvjp(_tiled_forward, _tiled_backward)
+
+
+def tiled_loss(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array:
+    """The tiled loss with its analytic, recomputing backward pass registered as the VJP."""
+    return _tiled(z, ids, config)

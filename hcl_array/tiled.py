@@ -1,0 +1,197 @@
+"""Memory-efficient (tiled) evaluation of the expected-negative losses, forward and backward.
+
+The dense path holds the whole (N, N) similarity matrix and a dozen masks and weights of that size.
+Here the anchors are processed in blocks of `tile` rows, each against every column:
+
+    s_block = g(z)[rows] g(z)^T / tau                                   (tile, N)
+    c_i = log lambda_i + LSE_n(log w_in + s_in) - LSE_n(log w_in)       (complete: row i is whole)
+    S_i = sum_{j in P(i)} l_ij,  |P(i)|
+
+so one pass gives every per-anchor quantity, and the loss is a reduction of the (N,) vectors S and
+|P(i)|. Peak memory is O(tile * N + N * d), never O(N^2). The backward pass recomputes each block,
+
+    G_block = dL/ds_block                                               (tile, N)
+    dL/du[rows] += G_block u / tau,    dL/du += G_block^T u[rows] / tau
+
+and pulls dL/du back through g exactly as the dense path does. Every formula is the dense path's own
+helper from `losses` (masks, hardening weights, c_i, l_ij, dL/ds): the two paths cannot drift apart.
+
+Why row blocks and not column tiles with an online log-sum-exp: a block of whole rows sees every
+candidate of its anchors, so c_i is exact after one pass (a column-tiled stream needs a second pass
+for l_ij, which needs c_i first), the hardening functions that look at a whole row (top-k) work
+unchanged, and the memory bound is the same O(tile * N).
+
+Torch and JAX get this backward pass as their custom gradient (`backends/_torch_autograd.py`,
+`backends/_jax_vjp.py`, imported only when the input is a torch or jax array); NumPy and CuPy call
+`backward` directly (`return_grad=True`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _array_api as aa
+from .hardening import ExponentialTilt, FromCallable, Hardening, Threshold, TopK, Uniform
+from .losses import (
+    _anchor_scale,
+    _anchor_terms,
+    _hardening_weights,
+    _normalize_vjp,
+    _pair_losses,
+    _pair_masks,
+    _similarity_grad,
+    normalize_embeddings,
+)
+
+Array = Any
+
+__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "forward", "backward", "tiled_loss"]
+
+#: tile="auto" switches to the tiled path above this many rows (the dense (N, N) matrices then pass ~1 GiB).
+AUTO_THRESHOLD = 4096
+#: tile="auto" picks rows per block so that one (tile, N) block holds about this many entries (64 MiB in float32).
+AUTO_BLOCK_ENTRIES = 2**24
+
+# Hardening functions whose log eta for an anchor depends on that anchor's row alone: a block of rows
+# computes exactly what the dense matrix would. A user's Hardening class may look across rows, so it stays dense.
+_ROW_WISE = (Uniform, ExponentialTilt, Threshold, TopK, FromCallable)
+
+
+@dataclass(frozen=True)
+class TiledConfig:
+    """Everything but the arrays: hashable, so JAX can take it as a static (non-differentiable) argument."""
+
+    tile: int
+    form: str
+    candidates: str
+    hardening: Hardening
+    temperature: float
+    normalize: str
+    k: int | None
+    negative_reduction: str
+    include_self: bool
+    reduction: str
+    tau_plus: float
+    slope: float  # d log eta / ds when the gradient flows through the weights; 0 when they are detached
+
+
+def auto_tile(n: int) -> int:
+    """Rows per block for tile="auto": about AUTO_BLOCK_ENTRIES entries per (tile, N) block, 64 to 4096 rows."""
+    return int(min(max(AUTO_BLOCK_ENTRIES // max(n, 1), 64), 4096))
+
+
+def _unsupported(hardening: Hardening, negatives: str, detach_weights: bool) -> str | None:
+    """Why the tiled path cannot compute this configuration, or None when it can."""
+    if negatives != "expected":
+        return "sampled negatives draw from the whole (N, N) matrix of weights: use negatives='expected'"
+    if not isinstance(hardening, _ROW_WISE):
+        return f"hardening {hardening!r} is not a built-in row-wise hardening function"
+    if not detach_weights and getattr(hardening, "slope", None) is None:
+        return f"the gradient through the weights of {hardening!r} is unknown: use detach_weights=True"
+    return None
+
+
+def resolve_tile(tile: int | str | None, n: int, *, hardening: Hardening, negatives: str, detach_weights: bool) -> int | None:
+    """Rows per block for the tiled path, or None for the dense path.
+
+    tile=None: dense. tile="auto": tiled with `auto_tile(n)` rows when n > AUTO_THRESHOLD and the
+    configuration is supported, else dense. An integer: tiled with that many rows (at most n); a
+    configuration the tiled path cannot compute raises ValueError rather than silently going dense.
+    """
+    if tile is None:
+        return None
+    if isinstance(tile, str):
+        if tile != "auto":
+            raise ValueError(f"tile={tile!r} is not 'auto', None (dense) or a positive integer (rows per block)")
+        if n <= AUTO_THRESHOLD or _unsupported(hardening, negatives, detach_weights) is not None:
+            return None
+        return auto_tile(n)
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 1:
+        raise ValueError(f"tile={tile!r} is not 'auto', None (dense) or a positive integer (rows per block)")
+    reason = _unsupported(hardening, negatives, detach_weights)
+    if reason is not None:
+        raise ValueError(f"tile={int(tile)} is not available for this configuration: {reason} (or pass tile=None)")
+    return int(min(int(tile), max(n, 1)))
+
+
+def _block(u: Array, ids: Array, start: int, config: TiledConfig) -> tuple[Array, ...]:
+    """Similarity, masks and weights of the anchors start .. start + tile against every column."""
+    stop = min(start + config.tile, u.shape[0])
+    similarity = (u[start:stop, ...] @ u.T) / config.temperature
+    positives, candidate_mask = _pair_masks(ids[start:stop], ids, start, candidates=config.candidates,
+                                            include_self=config.include_self)  # fmt: skip
+    log_weights, support = _hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
+    return similarity, positives, candidate_mask, log_weights, support
+
+
+def forward(z: Array, ids: Array, config: TiledConfig) -> tuple[Array, tuple[Array, ...]]:
+    """The loss, block by block, and the (N,) per-anchor statistics the backward pass needs.
+
+    Statistics: (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|).
+    """
+    xp = aa.namespace(z, ids)
+    u = normalize_embeddings(z, config.normalize)
+    pieces: list[tuple[Array, ...]] = []
+    for start in range(0, z.shape[0], config.tile):
+        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, start, config)
+        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
+            log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
+        )
+        pair_loss, _, _ = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
+                                       config.temperature)  # fmt: skip
+        valid_pairs = positives & has_negatives[:, None]
+        loss_sum = xp.sum(xp.where(valid_pairs, pair_loss, xp.zeros_like(pair_loss)), axis=1)
+        pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
+        pieces.append((anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum))
+    columns = [xp.concat([piece[index] for piece in pieces]) for index in range(7)]
+    *stats, pair_counts, loss_sums = columns
+    per_anchor = loss_sums * _anchor_scale(pair_counts, config.reduction)
+    value = per_anchor if config.reduction == "none" else xp.sum(per_anchor)
+    return value, (*stats, pair_counts)
+
+
+def backward(z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, config: TiledConfig) -> Array:
+    """dL/dz for the cotangent of the loss (a scalar, or (N,) with reduction="none"), recomputing each block.
+
+    G_block = dL/ds_block (the dense path's `_similarity_grad`); dL/du = (G u + G^T u) / tau summed over
+    blocks; then the normalization VJP.
+    """
+    xp = aa.namespace(z, ids)
+    anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_counts = stats
+    u = normalize_embeddings(z, config.normalize)
+    pair_scale = _anchor_scale(pair_counts, config.reduction) * xp.astype(cotangent, z.dtype)
+    row_grads = []
+    column_grad = xp.zeros_like(u)
+    for start in range(0, z.shape[0], config.tile):
+        rows = slice(start, min(start + config.tile, z.shape[0]))
+        similarity, positives, _, log_weights, support = _block(u, ids, start, config)
+        _, dl_dc, dl_ds = _pair_losses(config.form, anchor_terms[rows], similarity, log_lambdas[rows],
+                                       config.tau_plus, config.temperature)  # fmt: skip
+        valid_pairs = positives & has_negatives[rows][:, None]
+        pair_weights = xp.where(valid_pairs, pair_scale[rows][:, None], xp.zeros_like(similarity))
+        grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
+                                           log_tilteds[rows], log_normalizers[rows], config.slope)  # fmt: skip
+        row_grads.append(grad_similarity @ u)
+        column_grad = column_grad + grad_similarity.T @ u[rows, ...]
+    grad_u = (xp.concat(row_grads) + column_grad) / config.temperature
+    return _normalize_vjp(z, u, grad_u, config.normalize)
+
+
+def tiled_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool = False) -> Any:
+    """The loss on (N, d) rows `z` (already in the compute dtype), with its gradient when asked.
+
+    Torch and JAX inputs go through their registered custom gradient (this module's `backward`), so
+    autograd never stores a (tile, N) block; `return_grad=True` calls `backward` directly.
+    """
+    if return_grad:
+        value, stats = forward(z, ids, config)
+        return value, backward(z, ids, stats, aa.namespace(z).ones_like(value), config)
+    if aa.is_torch_array(z):
+        return importlib.import_module("hcl_array.backends._torch_autograd").tiled_loss(z, ids, config)
+    if aa.is_jax_array(z):
+        return importlib.import_module("hcl_array.backends._jax_vjp").tiled_loss(z, ids, config)
+    return forward(z, ids, config)[0]
