@@ -3,6 +3,7 @@ at the exact geometries where their values are known, under jax.jit, streaming v
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -138,6 +139,16 @@ def random_problem(seed=0, n=120, d=10, num_classes=6):
     return h, y
 
 
+def compiled(xp, fn, **static):
+    """fn with static keywords; under jax.jit for JAX, whose eager mode compiles every operation per shape
+    (the eager path is covered by the report tests, this keeps the file fast)."""
+    if xp.__name__.startswith("jax"):
+        import jax
+
+        return jax.jit(functools.partial(fn, **static))
+    return functools.partial(fn, **static)
+
+
 def collapsed(geometry: np.ndarray, per_class: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Every row equal to its class's vector in `geometry` (C x d)."""
     labels = np.repeat(np.arange(geometry.shape[0]), per_class)
@@ -234,19 +245,21 @@ def test_every_metric_matches_the_naive_implementation(xp):
 def test_row_metrics_match_the_naive_implementation(xp):
     h, y = random_problem(seed=2)
     ref_h, ref_y = random_problem(seed=3)
-    knn = metrics.knn_accuracy(xp.asarray(h), xp.asarray(y), xp.asarray(ref_h), xp.asarray(ref_y), num_classes=6, k=7, chunk_size=16)
-    assert_close(knn, naive_knn(h, y, ref_h, ref_y, 6, k=7, tau=0.1), xp=xp)
-    assert_close(metrics.uniformity(xp.asarray(h), chunk_size=13), naive_uniformity(h), xp=xp)
-    assert_close(metrics.alignment(xp.asarray(h), xp.asarray(ref_h)), naive_alignment(h, ref_h), xp=xp)
+    knn = compiled(xp, metrics.knn_accuracy, num_classes=6, k=7, chunk_size=16)
+    assert_close(knn(*map(xp.asarray, (h, y, ref_h, ref_y))), naive_knn(h, y, ref_h, ref_y, 6, k=7, tau=0.1), xp=xp)
+    assert_close(compiled(xp, metrics.uniformity, chunk_size=13)(xp.asarray(h)), naive_uniformity(h), xp=xp)
+    assert_close(compiled(xp, metrics.alignment)(xp.asarray(h), xp.asarray(ref_h)), naive_alignment(h, ref_h), xp=xp)
     s = np.linalg.svd(h, compute_uv=False)
-    assert_close(metrics.stable_rank(xp.asarray(h)), np.sum(s**2) / s[0] ** 2, xp=xp)
-    assert int(metrics.numerical_rank(xp.asarray(h))) == 10
+    assert_close(compiled(xp, metrics.stable_rank)(xp.asarray(h)), np.sum(s**2) / s[0] ** 2, xp=xp)
+    numerical_rank = compiled(xp, metrics.numerical_rank)
+    assert int(numerical_rank(xp.asarray(h))) == 10
     low_rank = h[:, :3] @ np.random.default_rng(0).standard_normal((3, 10))
-    assert int(metrics.numerical_rank(xp.asarray(low_rank))) == 3
+    assert int(numerical_rank(xp.asarray(low_rank))) == 3
     z = h / np.linalg.norm(h, axis=1, keepdims=True)
     covariance = np.cov(z, rowvar=False, bias=True)
-    assert_close(metrics.embedding_spectrum(xp.asarray(h)), np.log(np.linalg.eigvalsh(covariance)[::-1]), rtol=1e-9, xp=xp)
-    assert_close(metrics.rankme(xp.asarray(h)), naive_report(h, y, 6)["rankme"], xp=xp)
+    spectrum = compiled(xp, metrics.embedding_spectrum)(xp.asarray(h))
+    assert_close(spectrum, np.log(np.linalg.eigvalsh(covariance)[::-1]), rtol=1e-9, xp=xp)
+    assert_close(compiled(xp, metrics.rankme)(xp.asarray(h)), naive_report(h, y, 6)["rankme"], xp=xp)
 
 
 def test_float32_input_is_accumulated_in_float64(xp):
@@ -300,17 +313,18 @@ def _stream(xp, h, y, sizes, reference=None):
         bounds = np.cumsum([0, *sizes])
         return [(xp.asarray(rows[a:b]), xp.asarray(labels[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    update, probe_update = compiled(xp, metrics.collapse_update), compiled(xp, metrics.probe_update)
     state = metrics.collapse_init(6, h.shape[1], xp=xp)
     for batch in batches(h, y):
-        state = metrics.collapse_update(state, *batch)
+        state = update(state, *batch)
     reference_state = None
     if reference is not None:
         reference_state = metrics.collapse_init(6, h.shape[1], xp=xp)
-        for batch in batches(*reference) if len(reference[0]) == len(h) else [tuple(map(xp.asarray, reference))]:
-            reference_state = metrics.collapse_update(reference_state, *batch)
+        for batch in batches(*reference):
+            reference_state = update(reference_state, *batch)
     probe = metrics.probe_init(state, reference=reference_state)
     for batch in batches(h, y):
-        probe = metrics.probe_update(probe, *batch)
+        probe = probe_update(probe, *batch)
     return state, probe
 
 
@@ -340,3 +354,97 @@ def test_streaming_collapse_report_two_passes():
     for key in one_shot:
         np.testing.assert_allclose(streamed[key], one_shot[key], rtol=1e-10, atol=1e-12, err_msg=key)
     assert "ncc_accuracy" not in metrics.streaming_collapse_report(batches, 6, second_pass=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Degenerate input
+# ------------------------------------------------------------------------------------------------
+
+
+def test_empty_class_is_left_out():
+    h, y = random_problem(seed=9)  # class 4 empty, class 5 a single row
+    compact = np.where(y == 5, 4, y)  # the same data with labels 0..4, no gap
+    with_gap = metrics.collapse_report(h, y, num_classes=6)
+    without = metrics.collapse_report(h, compact, num_classes=5)
+    for key in with_gap:
+        if key != "spectrum":
+            assert with_gap[key] == pytest.approx(without[key], rel=1e-12, abs=1e-14), key
+    np.testing.assert_allclose(with_gap["spectrum"][:4], without["spectrum"][:4], atol=1e-12)
+    assert metrics.collapse_report(h, y, num_classes=9)["nc1"] == pytest.approx(with_gap["nc1"], rel=1e-12)
+
+
+def test_single_row_classes_have_zero_variance():
+    h, y = collapsed(np.asarray(simplex_etf(4, 5, seed=0)), per_class=1)
+    report = metrics.collapse_report(h, y)
+    assert report["cdnv"] == 0.0 and report["within_class_variation"] == 0.0 and abs(report["nc1"]) < 1e-12
+
+
+def test_dimension_below_etf_feasibility_is_defined():
+    h, y = random_problem(seed=10, d=3, num_classes=6)  # 4 non-empty classes + 1 singleton in 3 dimensions
+    h = np.concatenate([h, h[:5] + 1.0])
+    y = np.concatenate([y, np.full(5, 4)])  # 6 classes in d = 3 < C - 1 = 5: no ETF exists
+    report = metrics.collapse_report(h, y)
+    expected = naive_report(h, y, 6)
+    for key in CLASS_MEAN_KEYS:
+        assert report[key] == pytest.approx(expected[key], rel=1e-9), key
+    assert report["etf_distance"] > 0.05
+    assert np.all(np.isfinite(report["spectrum"]))
+
+
+def test_all_identical_rows_give_defined_values():
+    h = np.tile(np.array([0.1, 0.7, -0.3, 1 / 3]), (30, 1))
+    y = np.arange(30) % 5
+    report = metrics.collapse_report(h, y)
+    assert all(np.all(np.isfinite(v)) for v in report.values())
+    # rounding leaves residuals of ~1e-17, which the rtol floor treats as zero: 0/0 ratios are 0, not noise/noise
+    for key in ("nc1", "nc1_quotient", "cdnv", "equinorm", "equiangularity"):
+        assert report[key] == 0.0, key
+    assert report["max_angle"] == 0.25  # cosines with a zero (centred) mean are 0: abs(0 + 1/(C-1))
+    assert report["within_class_variation"] == pytest.approx(0.0, abs=1e-15)
+    assert report["etf_distance"] == 1.0  # the normalized centred Gram of equal means is taken as 0
+    assert report["zero_sum"] == pytest.approx(np.linalg.norm(h[0]), rel=1e-14)
+    spread_rows = h + 1e-3 * np.random.default_rng(0).standard_normal(h.shape)  # within spread, no between spread
+    spread = metrics.collapse_report(spread_rows, y)
+    assert np.isfinite(spread["nc1"]) and spread["nc1_quotient"] > 0
+
+
+def test_within_spread_without_between_spread_is_inf():
+    h = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    y = np.array([0, 0, 1, 1])  # identical class means, non-zero variance
+    assert metrics.nc1_quotient(h, y) == math.inf and metrics.cdnv(h, y) == math.inf
+    assert metrics.nc1(h, y) == 0.0  # pinv(Sigma_B = 0) = 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_embeddings_are_refused(xp, bad):
+    h, y = random_problem()
+    h[3, 2] = bad
+    with pytest.raises(ValueError, match="embeddings"):
+        metrics.collapse_report(xp.asarray(h), xp.asarray(y))
+
+
+def test_bad_arguments_name_themselves():
+    h, y = random_problem()
+    with pytest.raises(ValueError, match="embeddings"):
+        metrics.nc1(h[0], y)
+    with pytest.raises(TypeError, match="embeddings"):
+        metrics.nc1(h.astype(np.int64), y)
+    with pytest.raises(TypeError, match="labels"):
+        metrics.nc1(h, y.astype(np.float64))
+    with pytest.raises(ValueError, match="labels"):
+        metrics.nc1(h, y[:-1])
+    with pytest.raises(ValueError, match="labels"):
+        metrics.nc1(h, y, num_classes=3)
+    with pytest.raises(ValueError, match="labels"):
+        metrics.nc1(h, y[:, None])
+    with pytest.raises(ValueError, match="reference"):
+        metrics.collapse_report(h, y, reference=(h[:, :3], y))
+    with pytest.raises(ValueError, match="uniformity"):
+        metrics.uniformity(h[:1])
+    state = metrics.collapse_init(6, 10)
+    with pytest.raises(ValueError, match="no rows"):
+        metrics.collapse_result(state)
+    with pytest.raises(ValueError, match="dim=10"):
+        metrics.collapse_update(state, h[:, :4], y)
+    with pytest.raises(ValueError, match="batch_labels"):
+        metrics.collapse_update(state, h, y + 6)
