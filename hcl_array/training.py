@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _array_api as aa
 from . import data as datasets
 from . import encoders, losses, optim
 from .backends import get_backend
@@ -74,7 +75,7 @@ class TrainConfig:
     k: int | None = None
     dim: int | None = None  # None: num_classes - 1
     batch_size: int = 128
-    epochs: int = 30
+    epochs: int = 100
     lr: float = 1e-3
     optimizer: str = "adam"
     seed: int = 0
@@ -243,16 +244,12 @@ class ContrastiveObjective:
 
 
 def _namespace_of(params: dict[str, Array]) -> Any:
-    from ._array_api import namespace
-
-    return namespace(*params.values())
+    return aa.namespace(*params.values())
 
 
 def _repeat(indices: Array, times: int) -> Array:
     """Each index repeated `times` times in a row (sample-major), matching (B, V) -> (B*V,) reshapes."""
-    from ._array_api import namespace
-
-    xp = namespace(indices)
+    xp = aa.namespace(indices)
     return xp.reshape(xp.stack([indices] * times, axis=1), (-1,))
 
 
