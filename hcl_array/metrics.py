@@ -199,31 +199,30 @@ class CollapseState(NamedTuple):
 
     counts (C,): rows per class; means (C, d): class means mu_c (zero rows for empty classes);
     within_scatter (d, d): sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T; class_scatter (C,):
-    sum_{i in c} norm(h_i - mu_c)^2; gram (d, d): the uncentred H^T H (for RankMe when streaming).
-    within_scatter and gram are None where a one-shot metric does not need them.
+    sum_{i in c} norm(h_i - mu_c)^2. within_scatter is None where a one-shot metric does not need it.
+    The uncentred Gram H^T H (RankMe when streaming) is not stored: it equals
+    within_scatter + M^T diag(counts) M, a sum of positive semi-definite terms (no cancellation).
     """
 
     counts: Array
     means: Array
     within_scatter: Array | None
     class_scatter: Array
-    gram: Array | None
 
 
-def _class_statistics(data: Array, labels: Array, num_classes: int, *, scatter: bool = False, gram: bool = False) -> CollapseState:
-    """One pass over (N, d) rows: counts, means and centred scatters, all as one-hot matrix products."""
+def _class_statistics(data: Array, labels: Array, num_classes: int, *, scatter: bool = False) -> CollapseState:
+    """One pass over (N, d) rows: counts and class sums as one-hot matrix products, then centred scatters."""
     xp = namespace(data)
     indicator = one_hot(labels, num_classes, dtype=data.dtype)
     counts = xp.sum(indicator, axis=0)
     means = (indicator.T @ data) / _nonzero(counts)[:, None]
-    residual = data - indicator @ means
+    residual = data - xp.take(means, labels, axis=0)  # h_i - mu_{y_i}: a gather, O(N d)
     class_scatter = indicator.T @ xp.sum(residual * residual, axis=1)
     return CollapseState(
         counts=counts,
         means=means,
         within_scatter=residual.T @ residual if scatter else None,
         class_scatter=class_scatter,
-        gram=data.T @ data if gram else None,
     )
 
 
@@ -242,7 +241,6 @@ def _merge(old: CollapseState, new: CollapseState) -> CollapseState:
         means=old.means + delta * (new.counts / _nonzero(counts))[:, None],
         within_scatter=old.within_scatter + new.within_scatter + (delta * pair_weight[:, None]).T @ delta,
         class_scatter=old.class_scatter + new.class_scatter + pair_weight * xp.sum(delta * delta, axis=1),
-        gram=old.gram + new.gram,
     )
 
 
@@ -437,7 +435,7 @@ def _row_probe(data: Array, labels: Array, probe: ProbeState) -> ProbeState:
     """The probe statistics of one batch (counts and sums only, means unchanged)."""
     xp = namespace(data)
     indicator = one_hot(labels, probe.class_means.shape[0], dtype=data.dtype)
-    distances = _row_norms(data - indicator @ probe.class_means)
+    distances = _row_norms(data - xp.take(probe.class_means, labels, axis=0))
     scores = data @ probe.classifier_means.T  # <h, mu_c>
     sq_norms = xp.sum(probe.classifier_means * probe.classifier_means, axis=1)
     present = probe.classifier_present[None, :]
@@ -814,7 +812,7 @@ def collapse_report(
 def collapse_init(
     num_classes: int, dim: int, *, xp: ModuleType | None = None, dtype: Any = None, device: Any = None
 ) -> CollapseState:
-    """Empty class statistics for streaming: counts, means (C, d), scatters and the (d, d) Gram, all zero.
+    """Empty class statistics for streaming: counts, means (C, d) and the scatters, all zero.
 
     xp defaults to array_api_compat.numpy; dtype to float64 where the backend has it (else float32).
     Memory O(C d + d^2), independent of the number of rows.
@@ -833,7 +831,6 @@ def collapse_init(
         means=xp.zeros((num_classes, dim), dtype=dtype, **where),
         within_scatter=xp.zeros((dim, dim), dtype=dtype, **where),
         class_scatter=xp.zeros(num_classes, dtype=dtype, **where),
-        gram=xp.zeros((dim, dim), dtype=dtype, **where),
     )
 
 
@@ -854,7 +851,7 @@ def collapse_update(state: CollapseState, batch_embeddings: Array, batch_labels:
     batch = _batch(state.means, batch_embeddings, batch_labels)
     if batch is None:
         return state
-    return _merge(state, _class_statistics(*batch, state.means.shape[0], scatter=True, gram=True))
+    return _merge(state, _class_statistics(*batch, state.means.shape[0], scatter=True))
 
 
 def probe_init(state: CollapseState, /, *, reference: CollapseState | None = None) -> ProbeState:
@@ -885,7 +882,8 @@ def collapse_result(state: CollapseState, probe: ProbeState | None = None, /) ->
     xp = namespace(state.means)
     if concrete_bool(xp.sum(state.counts) > 0) is False:
         raise ValueError("state has seen no rows: call collapse_update first")
-    eigenvalues = _linalg(xp).eigvalsh(state.gram)
+    gram = state.within_scatter + (state.means * state.counts[:, None]).T @ state.means  # H^T H
+    eigenvalues = _linalg(xp).eigvalsh(gram)
     singular_values = xp.sqrt(xp.where(eigenvalues > 0, eigenvalues, xp.zeros_like(eigenvalues)))
     metrics = _class_mean_metrics(state) | {"rankme": _rankme(singular_values, 1e-7)}
     if probe is not None:
