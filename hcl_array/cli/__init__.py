@@ -1,0 +1,1 @@
+"""The `hcl` command line: a thin shell over the library (no computation lives here)."""
