@@ -114,7 +114,7 @@ def _eager_num_classes(labels: Array, name: str) -> int:
 
 
 def _check_labels(labels: Array, num_rows: int, num_classes: int | None, name: str = "labels") -> tuple[Array, int]:
-    """Validate 1-D integer labels matching N rows; return them (int64) and the number of classes."""
+    """Validate 1-D integer labels matching N rows; return them and the number of classes."""
     xp = namespace(labels)
     if labels.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of class indices, got shape {tuple(labels.shape)}")
@@ -128,7 +128,7 @@ def _check_labels(labels: Array, num_rows: int, num_classes: int | None, name: s
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if concrete_bool(xp.all((labels >= 0) & (labels < num_classes))) is False:
         raise ValueError(f"{name} must lie in [0, num_classes={num_classes})")
-    return xp.astype(labels, xp.int64), num_classes
+    return labels, num_classes
 
 
 def _prepare(embeddings: Array, labels: Array, num_classes: int | None) -> tuple[Array, Array, int]:

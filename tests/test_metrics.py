@@ -303,6 +303,20 @@ def test_runs_under_jax_jit_with_static_num_classes():
         jax.jit(metrics.nc1)(jnp.asarray(h), jnp.asarray(y))
 
 
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype")
+def test_jax_without_x64_computes_in_float32():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    h, y = random_problem(seed=5)
+    expected = naive_report(h, y, 6)
+    with jax.enable_x64(False):
+        report = jax.jit(metrics.collapse_metrics, static_argnames="num_classes")(jnp.asarray(h), jnp.asarray(y), num_classes=6)
+        assert report["nc1"].dtype == jnp.float32
+    for key in COLLAPSE_KEYS + ("rankme",):  # the documented float32 precision
+        assert float(report[key]) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
 # ------------------------------------------------------------------------------------------------
 # Streaming
 # ------------------------------------------------------------------------------------------------
