@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,8 +31,8 @@ def fail(message: str) -> typer.Exit:
 def train_command(
     ctx: typer.Context,
     data: str = typer.Option("synthetic", help="Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; optional x_test, y_test)."),  # noqa: E501
-    data_dir: Optional[Path] = typer.Option(None, help="Folder with the CIFAR files (python or binary version); nothing is downloaded."),  # noqa: E501
-    data_path: Optional[Path] = typer.Option(None, help="The .npz file for --data npz."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"),  # noqa: E501
+    data_path: Optional[Path] = typer.Option(None, help="The .npz file for --data npz. \\[default: none]"),
     classes: int = typer.Option(10, help="synthetic: number of latent classes C."),
     per_class: int = typer.Option(100, help="synthetic: samples per class (80% train, 20% test)."),
     input_dim: int = typer.Option(32, help="synthetic: input dimension."),
@@ -42,25 +41,25 @@ def train_command(
     encoder: str = typer.Option("mlp", help="Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also resnet18, resnet50 (needs torchvision)."),  # noqa: E501
     hidden: int = typer.Option(128, help="mlp: hidden width."),
     loss: str = typer.Option("hscl", help=f"Loss: {', '.join(LOSSES)}."),
-    beta: Optional[float] = typer.Option(None, help="Hardness beta >= 0 of hscl, hucl, debiased_hcl. [default: 5]"),
-    temperature: Optional[float] = typer.Option(None, help="Temperature tau > 0. [default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 ntxent/debiased_hcl]"),  # noqa: E501
-    normalize: Optional[str] = typer.Option(None, help="Normalization g: ball (unit-ball clip, the paper), sphere, none. [default: ball; sphere for supcon, ntxent, debiased_hcl]"),  # noqa: E501
+    beta: Optional[float] = typer.Option(None, help="Hardness beta >= 0 of hscl, hucl, debiased_hcl. \\[default: 5]"),
+    temperature: Optional[float] = typer.Option(None, help="Temperature tau > 0. \\[default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 ntxent/debiased_hcl]"),  # noqa: E501
+    normalize: Optional[str] = typer.Option(None, help="Normalization g: ball (unit-ball clip, the paper), sphere, none. \\[default: ball; sphere for supcon, ntxent, debiased_hcl]"),  # noqa: E501
     negatives: str = typer.Option("expected", help="expected (exact expectation over the hardened distribution) or sampled (k draws per anchor)."),  # noqa: E501
-    k: Optional[int] = typer.Option(None, help="Number of negatives: sampled draws per anchor, or lambda with expected. [default: all candidates; 256 when sampled]"),  # noqa: E501
-    dim: Optional[int] = typer.Option(None, help="Embedding dimension d. [default: C - 1]"),
+    k: Optional[int] = typer.Option(None, help="Number of negatives: sampled draws per anchor, or lambda with expected. \\[default: all candidates; 256 when sampled]"),  # noqa: E501
+    dim: Optional[int] = typer.Option(None, help="Embedding dimension d. \\[default: C - 1]"),
     batch_size: int = typer.Option(128, help="Batch size (the last short batch of an epoch is dropped)."),
     epochs: int = typer.Option(100, help="Number of epochs (the total, also when resuming)."),
     lr: float = typer.Option(1e-3, help="Learning rate (the paper: Adam, 1e-3)."),
     optimizer: str = typer.Option("adam", help="Optimizer: adam or sgd (momentum 0.9)."),
     seed: int = typer.Option(0, help="Seed of data, initialization, batches, views and sampled negatives."),
     dtype: str = typer.Option("float32", help="Parameter and computation dtype: float32 or float64."),
-    device: Optional[str] = typer.Option(None, help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. [default: the backend's]"),  # noqa: E501
+    device: Optional[str] = typer.Option(None, help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. \\[default: the backend's]"),  # noqa: E501
     backend: str = typer.Option("numpy", help="Backend: numpy, torch, jax, cupy."),
     views: int = typer.Option(1, help="Views per sample: 1 (positives share the label, the paper's model), or >= 2 augmented views (ucl, hucl, ntxent, debiased_hcl then use instance positives)."),  # noqa: E501
-    paper: bool = typer.Option(False, "--paper", help="Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 sampled negatives averaged)."),  # noqa: E501
-    out: Optional[Path] = typer.Option(None, help="Checkpoint file, rewritten atomically every epoch. [default: runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"),  # noqa: E501
-    resume: Optional[Path] = typer.Option(None, help="Continue the run saved in this checkpoint from its last completed epoch (options not given are taken from it)."),  # noqa: E501
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path."),
+    paper: bool = typer.Option(False, "--paper", help="Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 sampled negatives averaged). \\[default: off]"),  # noqa: E501
+    out: Optional[Path] = typer.Option(None, help="Checkpoint file, rewritten atomically every epoch. \\[default: runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"),  # noqa: E501
+    resume: Optional[Path] = typer.Option(None, help="Continue the run saved in this checkpoint from its last completed epoch (options not given are taken from it). \\[default: none: a new run]"),  # noqa: E501
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
@@ -83,7 +82,7 @@ def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> T
         if not isinstance(saved, dict):
             raise CheckpointError(f"{resume}: not an `hcl train` checkpoint (no train_config)")
         for name, value in saved.items():
-            if name in given and ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            if name in given and _source(ctx, name) != "COMMANDLINE":
                 given[name] = value
     data = given["data"]
     if data.endswith(".npz") or (data not in ("synthetic", "digits", "cifar10", "cifar100", "npz") and Path(data).is_file()):
@@ -92,6 +91,12 @@ def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> T
         if given.get(name) is not None:
             given[name] = str(given[name])
     return TrainConfig(**given)
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where an option's value came from ("COMMANDLINE", "DEFAULT", ...): by name, as typer may vendor click."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", "DEFAULT")
 
 
 def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) -> TrainResult:
