@@ -26,6 +26,7 @@ __all__ = [
     "conditions_figure",
     "history_figure",
     "nc1_etf_figure",
+    "run_styles",
     "spectrum_figure",
     "write_plots",
 ]
@@ -44,22 +45,39 @@ def _new_figure(columns: int, rows: int = 1, *, width: float = 5.0, height: floa
     return Figure(figsize=(width * columns, height * rows), layout="constrained")
 
 
+def run_styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """Colour and line style per run, stable across figures; the style changes with the colour so that
+    runs whose curves coincide (SCL and UCL often do) stay distinguishable. Dashed is kept for targets."""
+    patterns = ("-", "-.", ":")
+    return {
+        name: {"color": f"C{index % 10}", "linestyle": patterns[index % 3], "linewidth": 1.6}
+        for index, name in enumerate(names)
+    }
+
+
 def _integer_x(axes) -> None:  # noqa: ANN001 - matplotlib Axes
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def spectrum_figure(spectra: Mapping[str, np.ndarray], *, num_classes: int | None, title: str) -> Figure:
+def spectrum_figure(
+    spectra: Mapping[str, np.ndarray],
+    *,
+    num_classes: int | None,
+    title: str,
+    styles: Mapping[str, Mapping[str, object]] | None = None,
+) -> Figure:
     """Class-mean spectrum log(s_k/s_max) against k, one line per run; dashed: flat 0 over C-1 values.
 
     `num_classes` sets the target (the simplex ETF has C-1 equal singular values); None omits it.
     """
+    styles = styles or run_styles(list(spectra))
     figure = _new_figure(1, width=6.0)
     axes = figure.add_subplot()
     for name, spectrum in spectra.items():
         index = np.arange(1, len(spectrum) + 1)
-        axes.plot(index, spectrum, marker="." if len(spectrum) <= 30 else None, label=name)
+        axes.plot(index, spectrum, marker="." if len(spectrum) <= 30 else None, label=name, **styles[name])
     if num_classes is not None and num_classes > 1:
         axes.plot([1, num_classes - 1], [0.0, 0.0], **_TARGET_STYLE)
     axes.set(title=title, xlabel="index k (singular values of cov(class means), descending)",
@@ -70,8 +88,11 @@ def spectrum_figure(spectra: Mapping[str, np.ndarray], *, num_classes: int | Non
     return figure
 
 
-def history_figure(series: Series, metrics: Sequence[str], *, title: str) -> Figure:
+def history_figure(
+    series: Series, metrics: Sequence[str], *, title: str, styles: Mapping[str, Mapping[str, object]] | None = None
+) -> Figure:
     """One panel per metric key: its value over epochs for each run that has it, dashed at its NC target."""
+    styles = styles or run_styles(list(series))
     # Four panels read better as a 2 x 2 grid than as one wide strip.
     columns = 2 if len(metrics) == 4 else len(metrics)
     rows = -(-len(metrics) // columns)
@@ -82,11 +103,12 @@ def history_figure(series: Series, metrics: Sequence[str], *, title: str) -> Fig
         for name, run_series in series.items():
             if key in run_series:
                 epochs, values = run_series[key]
-                axes.plot(epochs, values, label=name)
+                axes.plot(epochs, values, label=name, **styles[name])
         if info.target is not None:
             axes.axhline(info.target, **_TARGET_STYLE)
         if key == "nc1":  # NC1 spans decades on its way to 0; symlog shows both the decay and the target
             axes.set_yscale("symlog", linthresh=1e-2)
+            axes.set_ylim(bottom=0.0)  # NC1 >= 0; symlog would otherwise mirror empty negative decades
         if not any(key in run_series for run_series in series.values()):
             axes.text(0.5, 0.5, "not recorded by training", transform=axes.transAxes, ha="center", color="gray")
         axes.set(title=info.label, xlabel="epoch", ylabel=info.label)
@@ -97,21 +119,23 @@ def history_figure(series: Series, metrics: Sequence[str], *, title: str) -> Fig
     return figure
 
 
-def conditions_figure(series: Series) -> Figure:
+def conditions_figure(series: Series, styles: Mapping[str, Mapping[str, object]] | None = None) -> Figure:
     """The paper's four neural-collapse conditions over epochs (targets 0)."""
-    return history_figure(series, CONDITIONS, title="Neural-collapse conditions of the class means (train)")
+    title = "Neural-collapse conditions of the class means (train)"
+    return history_figure(series, CONDITIONS, title=title, styles=styles)
 
 
-def accuracy_figure(series: Series) -> Figure:
+def accuracy_figure(series: Series, styles: Mapping[str, Mapping[str, object]] | None = None) -> Figure:
     """Mean-classifier accuracy over epochs, test and train panels as recorded (higher is better, no target)."""
     keys = [key for key in ACCURACIES if any(key in s for s in series.values())]
-    return history_figure(series, keys or [ACCURACIES[0]], title="Mean-classifier accuracy (training class means)")
+    return history_figure(series, keys or [ACCURACIES[0]], title="Mean-classifier accuracy (training class means)",
+                          styles=styles)
 
 
-def nc1_etf_figure(series: Series) -> Figure:
+def nc1_etf_figure(series: Series, styles: Mapping[str, Mapping[str, object]] | None = None) -> Figure:
     """NC1 (within-class variability relative to between-class) and distance to the simplex ETF over epochs."""
     keys = [key for key in ("nc1", "etf_distance") if any(key in s for s in series.values())]
-    return history_figure(series, keys or ["etf_distance"], title="NC1 and ETF distance over epochs")
+    return history_figure(series, keys or ["etf_distance"], title="NC1 and ETF distance over epochs", styles=styles)
 
 
 @dataclass
@@ -143,8 +167,10 @@ def write_plots(runs: Sequence[Run], directory: str | Path, *, epoch: int | None
     directory.mkdir(parents=True, exist_ok=True)
     result = PlotResult()
     num_classes = _common_num_classes(runs)
+    styles = run_styles([run.name for run in runs])
     final = {run.name: spectrum_at_epoch(run)[1] for run in runs}
-    _save(spectrum_figure(final, num_classes=num_classes, title="Class-mean spectrum, final embeddings"),
+    _save(spectrum_figure(final, num_classes=num_classes, title="Class-mean spectrum, final embeddings",
+                          styles=styles),
           directory / "spectrum_final.png", result)  # fmt: skip
     if epoch is not None:
         at_epoch = {}
@@ -154,7 +180,8 @@ def write_plots(runs: Sequence[Run], directory: str | Path, *, epoch: int | None
             except ValueError as error:  # CheckpointError: that epoch was not recorded
                 result.notes.append(f"{run.name}: no spectrum at epoch {epoch}: {error}")
         if at_epoch:
-            _save(spectrum_figure(at_epoch, num_classes=num_classes, title=f"Class-mean spectrum, epoch {epoch}"),
+            _save(spectrum_figure(at_epoch, num_classes=num_classes, title=f"Class-mean spectrum, epoch {epoch}",
+                                  styles=styles),
                   directory / f"spectrum_epoch_{epoch}.png", result)  # fmt: skip
     series = {}
     for run in runs:
@@ -167,10 +194,10 @@ def write_plots(runs: Sequence[Run], directory: str | Path, *, epoch: int | None
     if not series:
         result.notes.append("no run has a history: conditions, accuracy and NC1/ETF plots were not drawn")
         return result
-    _save(conditions_figure(series), directory / "conditions.png", result)
+    _save(conditions_figure(series, styles), directory / "conditions.png", result)
     if any(key in s for s in series.values() for key in ACCURACIES):
-        _save(accuracy_figure(series), directory / "accuracy.png", result)
+        _save(accuracy_figure(series, styles), directory / "accuracy.png", result)
     else:
         result.notes.append("no run recorded an accuracy history: accuracy.png was not drawn")
-    _save(nc1_etf_figure(series), directory / "nc1_etf.png", result)
+    _save(nc1_etf_figure(series, styles), directory / "nc1_etf.png", result)
     return result

@@ -34,7 +34,8 @@ def _table(reports, rows) -> Table:  # noqa: ANN001 - RunReport / comparison_row
     for report in reports:
         table.add_column(report.name, justify="right")
     table.add_row("classes x dim", "", *(f"{r.num_classes} x {r.dim}" for r in reports))
-    table.add_row("epochs recorded", "", *(str(r.epochs_recorded) if r.source == "checkpoint" else "-" for r in reports))
+    epochs = (str(r.epochs_recorded) if r.source == "checkpoint" else "-" for r in reports)
+    table.add_row("epochs recorded", "", *epochs)
     for label, target, values in rows:
         table.add_row(label, target, *(_format(value) for value in values))
     return table
