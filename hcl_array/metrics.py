@@ -109,7 +109,8 @@ def _eager_num_classes(labels: Array, name: str) -> int:
         return int(xp.max(labels)) + 1
     except Exception as error:  # a tracer under jax.jit cannot be read
         if is_jax_array(labels):
-            raise ValueError("num_classes=None reads max(labels) + 1 eagerly; under jax.jit pass num_classes") from error
+            message = "num_classes=None reads max(labels) + 1 eagerly; under jax.jit pass num_classes"
+            raise ValueError(message) from error
         raise
 
 
@@ -267,7 +268,8 @@ def _geometry(state: CollapseState) -> _ClassGeometry:
     global_mean = xp.sum(means, axis=0) / _nonzero(num_present)
     num_rows = xp.sum(state.counts)
     # mean_i norm(h_i)^2 = (sum_c n_c norm(mu_c)^2 + sum_c S_c) / N, from the statistics alone
-    mean_sq_norm = (xp.sum(state.counts * xp.sum(means * means, axis=1)) + xp.sum(state.class_scatter)) / _nonzero(num_rows)
+    sq_norm_sum = xp.sum(state.counts * xp.sum(means * means, axis=1)) + xp.sum(state.class_scatter)
+    mean_sq_norm = sq_norm_sum / _nonzero(num_rows)
     rtol = max(num_classes, dim) * float(xp.finfo(state.means.dtype).eps)
     return _ClassGeometry(
         present=present,
@@ -288,7 +290,7 @@ def _cosines(vectors: Array, tiny2: Array) -> Array:
 
 
 def _simplex_offset(geometry: _ClassGeometry) -> Array:
-    """1 / (C' - 1), the ETF's cosine magnitude (0 when C' < 2, where there are no pairs anyway)."""
+    """1 / (C' - 1), the ETF's cosine magnitude (1 when C' < 2, where there are no pairs anyway)."""
     xp = namespace(geometry.num_present)
     return 1.0 / xp.where(geometry.num_present > 1, geometry.num_present - 1, xp.ones_like(geometry.num_present))
 
@@ -492,7 +494,9 @@ def _class_geometry(embeddings: Array, labels: Array, num_classes: int | None) -
     return _geometry(_statistics(embeddings, labels, num_classes))
 
 
-def _reference_classifier(reference: tuple[Array, Array] | None, own: CollapseState, dim: int, num_classes: int) -> tuple[Array, Array]:
+def _reference_classifier(
+    reference: tuple[Array, Array] | None, own: CollapseState, dim: int, num_classes: int
+) -> tuple[Array, Array]:
     """(means, present) of the reference set, or of the data itself when reference is None."""
     if reference is None:
         return own.means, own.counts > 0
@@ -506,7 +510,9 @@ def _reference_classifier(reference: tuple[Array, Array] | None, own: CollapseSt
     return stats.means, stats.counts > 0
 
 
-def _probe(embeddings: Array, labels: Array, num_classes: int | None, reference: tuple[Array, Array] | None) -> ProbeState:
+def _probe(
+    embeddings: Array, labels: Array, num_classes: int | None, reference: tuple[Array, Array] | None
+) -> ProbeState:
     data, labels, num_classes = _prepare(embeddings, labels, num_classes)
     own = _class_statistics(data, labels, num_classes)
     classifier_means, classifier_present = _reference_classifier(reference, own, data.shape[1], num_classes)
@@ -637,7 +643,8 @@ def knn_accuracy(
         raise ValueError(f"reference_embeddings have dimension {reference.shape[1]}, the embeddings {data.shape[1]}")
     reference_labels, _ = _check_labels(reference_labels, reference.shape[0], num_classes, "reference_labels")
     if k < 1 or temperature <= 0 or chunk_size < 1:
-        raise ValueError(f"need k >= 1, temperature > 0, chunk_size >= 1; got k={k}, temperature={temperature}, chunk_size={chunk_size}")
+        got = f"k={k}, temperature={temperature}, chunk_size={chunk_size}"
+        raise ValueError(f"need k >= 1, temperature > 0, chunk_size >= 1; got {got}")
     xp = namespace(data)
     k = min(k, reference.shape[0])
     queries, keys = _normalize_rows(data), _normalize_rows(xp.astype(reference, data.dtype))
@@ -647,7 +654,8 @@ def knn_accuracy(
         stop = min(start + chunk_size, data.shape[0])
         similarity = queries[start:stop, :] @ keys.T
         kth_largest = -xp.sort(-similarity, axis=1)[:, k - 1 : k]
-        weights = xp.where(similarity >= kth_largest, xp.exp((similarity - 1.0) / temperature), xp.zeros_like(similarity))
+        weights = xp.exp((similarity - 1.0) / temperature)  # cosines <= 1: shifted by the largest possible
+        weights = xp.where(similarity >= kth_largest, weights, xp.zeros_like(weights))
         prediction = xp.argmax(weights @ votes_per_class, axis=1)
         hits = hits + xp.sum(xp.astype(prediction == labels[start:stop], data.dtype))
     return hits / data.shape[0]

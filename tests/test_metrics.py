@@ -227,7 +227,8 @@ def test_every_metric_matches_the_naive_implementation(xp):
     h, y = random_problem(seed=0)
     ref_h, ref_y = random_problem(seed=1)
     expected = naive_report(h, y, 6, reference=(ref_h, ref_y))
-    report = metrics.collapse_metrics(xp.asarray(h), xp.asarray(y), num_classes=6, reference=(xp.asarray(ref_h), xp.asarray(ref_y)))
+    reference = (xp.asarray(ref_h), xp.asarray(ref_y))
+    report = metrics.collapse_metrics(xp.asarray(h), xp.asarray(y), num_classes=6, reference=reference)
     for key, value in report.items():
         if key == "spectrum":
             assert_close(value[:4], expected["spectrum"], rtol=1e-9, atol=1e-10, xp=xp)  # C' - 1 = 4 non-zero values
@@ -311,7 +312,8 @@ def test_jax_without_x64_computes_in_float32():
     h, y = random_problem(seed=5)
     expected = naive_report(h, y, 6)
     with jax.enable_x64(False):
-        report = jax.jit(metrics.collapse_metrics, static_argnames="num_classes")(jnp.asarray(h), jnp.asarray(y), num_classes=6)
+        compiled_report = jax.jit(metrics.collapse_metrics, static_argnames="num_classes")
+        report = compiled_report(jnp.asarray(h), jnp.asarray(y), num_classes=6)
         assert report["nc1"].dtype == jnp.float32
     for key in COLLAPSE_KEYS + ("rankme",):  # the documented float32 precision
         assert float(report[key]) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
@@ -349,7 +351,8 @@ def test_streaming_equals_one_shot(xp):
     ref_h, ref_y = random_problem(seed=7)
     state, probe = _stream(xp, h, y, [30, 0, 30, 30, 30], reference=(ref_h, ref_y))  # few shapes: jax compiles
     streamed = metrics.collapse_result(state, probe)
-    one_shot = metrics.collapse_report(xp.asarray(h), xp.asarray(y), num_classes=6, reference=(xp.asarray(ref_h), xp.asarray(ref_y)))
+    reference = (xp.asarray(ref_h), xp.asarray(ref_y))
+    one_shot = metrics.collapse_report(xp.asarray(h), xp.asarray(y), num_classes=6, reference=reference)
     assert list(streamed) == list(one_shot)
     for key in one_shot:
         np.testing.assert_allclose(streamed[key], one_shot[key], rtol=1e-10, atol=1e-12, err_msg=key)
