@@ -78,17 +78,8 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def _invoke(runner: CliRunner, *args: str):  # noqa: ANN202
-    return runner.invoke(app, ["analyze", *args] if _is_group() else list(args))
-
-
-def _is_group() -> bool:
-    # While `analyze` is the only registered command typer runs it without the subcommand name.
-    import typer.main
-
-    return len(app.registered_commands) + len(app.registered_groups) > 1 or bool(
-        getattr(typer.main.get_command(app), "commands", None)
-    )
+def _invoke(runner: CliRunner, *args: str):  # noqa: ANN202 - typer's Result
+    return runner.invoke(app, ["analyze", *args])
 
 
 def _assert_same_numbers(got: dict, expected: dict) -> None:
