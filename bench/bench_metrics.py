@@ -4,9 +4,10 @@ The rows are generated chunk by chunk (never all in memory): noisy copies of a r
 Reports the wall time of the two streaming passes, the time spent generating data alone, and the peak
 memory: tracemalloc's peak of traced allocations (NumPy reports its buffers to tracemalloc) and the
 growth of the process's maximum resident set size. CPU time is printed too: on a shared machine the
-wall time depends on the other processes. Usage:
+wall time depends on the other processes, and OpenBLAS worker threads that wait on busy cores waste
+most of it: on a shared machine run it with OPENBLAS_NUM_THREADS=1. Usage:
 
-    .venv/bin/python bench/bench_metrics.py [--rows 1000000] [--dim 128] [--classes 100] [--chunk 65536]
+    .venv/bin/python bench/bench_metrics.py [--rows 1000000] [--dim 128] [--classes 100] [--chunk 16384]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--chunk", type=int, default=65_536)
+    parser.add_argument("--chunk", type=int, default=16_384)
     args = parser.parse_args()
     batches = chunks(args.rows, args.dim, args.classes, args.chunk)
 
