@@ -187,11 +187,12 @@ def tiled_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool =
     Torch and JAX inputs go through their registered custom gradient (this module's `backward`), so
     autograd never stores a (tile, N) block; `return_grad=True` calls `backward` directly.
     """
+    if aa.is_jax_array(z):  # jitted there: eager JAX dispatches every small operation of every block
+        module = importlib.import_module("hcl_array.backends._jax_vjp")
+        return module.value_and_grad(z, ids, config) if return_grad else module.tiled_loss(z, ids, config)
     if return_grad:
         value, stats = forward(z, ids, config)
         return value, backward(z, ids, stats, aa.namespace(z).ones_like(value), config)
     if aa.is_torch_array(z):
         return importlib.import_module("hcl_array.backends._torch_autograd").tiled_loss(z, ids, config)
-    if aa.is_jax_array(z):
-        return importlib.import_module("hcl_array.backends._jax_vjp").tiled_loss(z, ids, config)
     return forward(z, ids, config)[0]
