@@ -80,7 +80,10 @@ def analyze(
         raise _fail(errors, str(error)) from None
     console.print(_table(reports, comparison_rows(reports)))
     if json_path is not None:
-        text = json.dumps(reports_to_json(reports), indent=2, allow_nan=False)
+        try:
+            text = json.dumps(reports_to_json(reports), indent=2, allow_nan=False)
+        except ValueError as error:  # a NaN/inf inside a run's saved config; metrics are already made finite
+            raise _fail(errors, f"cannot write strict JSON ({error}); check the runs' config") from None
         if json_path == "-":
             sys.stdout.write(text + "\n")
         else:
