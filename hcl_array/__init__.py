@@ -4,7 +4,8 @@ The losses, hardening functions and collapse metrics are written once against th
 pass NumPy, PyTorch, JAX or CuPy arrays and get the same numbers back in the same namespace.
 """
 
-from . import hardening
+from . import geometry, hardening, metrics
+from .geometry import simplex_etf
 from .losses import (
     PAPER_PRESET,
     contrastive_loss,
@@ -18,6 +19,7 @@ from .losses import (
     ucl,
     value_and_grad,
 )
+from .metrics import collapse_report
 
 __version__ = "0.1.0"
 
@@ -25,13 +27,17 @@ __all__ = [
     "PAPER_PRESET",
     "contrastive_loss",
     "debiased_hcl",
+    "geometry",
     "hardening",
     "hscl",
     "hucl",
+    "metrics",
     "normalize_embeddings",
     "ntxent",
     "scl",
     "supcon",
     "ucl",
     "value_and_grad",
+    "collapse_report",
+    "simplex_etf",
 ]

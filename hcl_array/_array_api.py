@@ -7,6 +7,7 @@ is reached through the array object itself or through modules the caller has alr
 from __future__ import annotations
 
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -52,7 +53,9 @@ def accumulation_dtype(xp: ModuleType, dtype: Any) -> Any:
 def supports_float64(xp: ModuleType, dev: Any = None) -> bool:
     """Whether float64 arrays can be made here (JAX needs jax_enable_x64; some devices lack float64)."""
     try:
-        probe = xp.zeros(1, dtype=xp.float64, device=dev) if dev is not None else xp.zeros(1, dtype=xp.float64)
+        with warnings.catch_warnings():  # JAX without x64 warns, then silently makes float32
+            warnings.simplefilter("ignore")
+            probe = xp.zeros(1, dtype=xp.float64, device=dev) if dev is not None else xp.zeros(1, dtype=xp.float64)
     except Exception:  # noqa: BLE001 - any backend refusal means "no"
         return False
     return probe.dtype == xp.float64
@@ -113,6 +116,8 @@ def concrete_bool(condition: Array) -> bool | None:
 def one_hot(labels: Array, num_classes: int, /, *, dtype: Any) -> Array:
     """(N, C) matrix with 1 where labels == c: built by broadcasting, so it works under jit."""
     xp = array_namespace(labels)
+    if xp.iinfo(labels.dtype).max < num_classes:  # a small label dtype (uint8) cannot hold every class index
+        labels = xp.astype(labels, xp.int64)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
     return xp.astype(labels[:, None] == classes[None, :], dtype)
 
