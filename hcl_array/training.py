@@ -212,11 +212,11 @@ class ContrastiveObjective:
     def embed(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
         """z: (B, d) for one view, (B, V, d) for V views (rows of x flattened sample-major first)."""
         if self.views == 1:
-            return self._forward(params, x, indices)
+            return self.encode(params, x, indices)
         xp = _namespace_of(params)
         batch = indices.shape[0]
         rows = xp.reshape(x, (batch * self.views, *x.shape[2:]))
-        z = self._forward(params, rows, _repeat(indices, self.views))
+        z = self.encode(params, rows, _repeat(indices, self.views))
         return xp.reshape(z, (batch, self.views, z.shape[-1]))
 
     def __call__(self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None) -> Array:  # noqa: E501
@@ -237,7 +237,8 @@ class ContrastiveObjective:
         flat_grad = xp.reshape(grad_z, (batch * self.views, grad_z.shape[-1]))
         return value, encoders.backward(self.encoder, params, rows, _repeat(indices, self.views), flat_grad)
 
-    def _forward(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
+    def encode(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
+        """z = f(x) of (B, ...) single-view rows (`indices` select the free encoder's rows)."""
         if self.module_forward is not None:
             return self.module_forward(params, x)
         return encoders.forward(self.encoder, params, x, indices)
@@ -362,7 +363,9 @@ def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: i
     return x, ids, place(indices), uniforms
 
 
-def _embed(run: _Run, embed_fn: Callable[..., Array], x: np.ndarray | None, count: int, chunk: int = 4096) -> np.ndarray:
+def _embed(
+    run: _Run, embed_fn: Callable[..., Array], x: np.ndarray | None, count: int, chunk: int = 4096
+) -> np.ndarray:
     """g(f(x)) of `count` rows (the free encoder's own rows when x is None), float64 on the host."""
     if count == 0:
         return np.zeros((0, run.dim))
@@ -380,7 +383,8 @@ def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np
     from . import metrics
 
     dataset, num_classes = run.dataset, run.dataset.num_classes
-    train_embeddings = _embed(run, embed_fn, None if run.config.encoder == "free" else dataset.x_train, dataset.x_train.shape[0])
+    train_inputs = None if run.config.encoder == "free" else dataset.x_train
+    train_embeddings = _embed(run, embed_fn, train_inputs, dataset.x_train.shape[0])
     # The free encoder has rows only for training samples: it has no test embeddings.
     test_count = 0 if run.config.encoder == "free" else dataset.x_test.shape[0]
     test_embeddings = _embed(run, embed_fn, dataset.x_test, test_count)
@@ -446,7 +450,7 @@ def train(
     step = make_step(run.backend, run.objective, optimizer)
     normalize = config.normalization()
     embed_fn = run.backend.compile(
-        lambda params, x, indices: losses.normalize_embeddings(run.objective._forward(params, x, indices), normalize)
+        lambda params, x, indices: losses.normalize_embeddings(run.objective.encode(params, x, indices), normalize)
     )
     path = None if out is None else Path(out)
     num_train = run.dataset.x_train.shape[0]
@@ -454,7 +458,8 @@ def train(
     for epoch in range(run.start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         batch_losses = []
-        for batch_number, indices in enumerate(datasets.batches(num_train, config.batch_size, seed=config.seed, epoch=epoch)):
+        epoch_batches = datasets.batches(num_train, config.batch_size, seed=config.seed, epoch=epoch)
+        for batch_number, indices in enumerate(epoch_batches):
             arguments = _batch_arguments(run, indices, epoch, batch_number)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
             batch_losses.append(float(run.backend.to_numpy(value)))

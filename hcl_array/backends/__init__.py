@@ -15,7 +15,10 @@ from typing import Any
 
 from .base import DTYPES, Backend, BackendBase, BackendUnavailable, check_dtype
 
-__all__ = ["BACKENDS", "Backend", "BackendBase", "BackendUnavailable", "DTYPES", "check_dtype", "get_backend", "available_backends"]
+__all__ = [
+    "BACKENDS", "Backend", "BackendBase", "BackendUnavailable", "DTYPES", "check_dtype", "get_backend",
+    "available_backends",
+]  # fmt: skip
 
 # name -> (module in this package, class, the import that must succeed, pip extra)
 BACKENDS: dict[str, tuple[str, str, str, str]] = {
@@ -40,7 +43,8 @@ def get_backend(name: str) -> Backend:
     try:
         module = importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as error:
-        raise BackendUnavailable(f"backend {name!r} could not be loaded ({error}); reinstall with pip install '{extra}'") from error
+        message = f"backend {name!r} could not be loaded ({error}); reinstall with pip install '{extra}'"
+        raise BackendUnavailable(message) from error
     _CACHE[name] = backend = getattr(module, class_name)()
     return backend
 

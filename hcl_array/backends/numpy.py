@@ -13,7 +13,9 @@ from .base import BackendBase, Params, check_dtype, float_dtype
 __all__ = ["NumpyBackend", "analytic_value_and_grad"]
 
 
-def analytic_value_and_grad(backend_name: str, fn: Callable[..., Any], params: Params, *args: Any) -> tuple[Any, Params]:
+def analytic_value_and_grad(
+    backend_name: str, fn: Callable[..., Any], params: Params, *args: Any
+) -> tuple[Any, Params]:
     """fn.value_and_grad(params, *args): the analytic gradient a function without autodiff must carry."""
     analytic = getattr(fn, "value_and_grad", None)
     if analytic is None:

@@ -95,7 +95,9 @@ class _ContrastiveLossModule(nn.Module):
         super().__init__()
         self.options = options
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, **call_options: Any) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, **call_options: Any
+    ) -> torch.Tensor:
         """The loss of (N, d) embeddings with labels/ids, or of (B, V, d) views (instance ids if labels is None)."""
         return type(self).function(embeddings, labels, **{**self.options, **call_options})
 
@@ -105,7 +107,8 @@ class _ContrastiveLossModule(nn.Module):
 
 def _wrapper(name: str, function: Callable[..., Any]) -> type[_ContrastiveLossModule]:
     doc = f"`hcl_array.losses.{function.__name__}` as an nn.Module; keyword options as in that function.\n\n"
-    return type(name, (_ContrastiveLossModule,), {"function": staticmethod(function), "__doc__": doc + (function.__doc__ or "")})
+    namespace = {"function": staticmethod(function), "__doc__": doc + (function.__doc__ or "")}
+    return type(name, (_ContrastiveLossModule,), namespace)
 
 
 SCLLoss = _wrapper("SCLLoss", losses.scl)

@@ -14,10 +14,14 @@ from rich.table import Table
 
 from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..data import DATASET_NAMES
 from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, train
 from .app import app
 
-USER_ERRORS = (ValueError, FileNotFoundError, BackendUnavailable, CheckpointError, NotImplementedError, ImportError, OSError)
+#: Errors a user can fix: shown as one line, never as a traceback.
+USER_ERRORS = (
+    ValueError, FileNotFoundError, BackendUnavailable, CheckpointError, NotImplementedError, ImportError, OSError,
+)  # fmt: skip
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
 
@@ -59,7 +63,7 @@ def train_command(
     paper: bool = typer.Option(False, "--paper", help="Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 sampled negatives averaged). \\[default: off]"),  # noqa: E501
     out: Optional[Path] = typer.Option(None, help="Checkpoint file, rewritten atomically every epoch. \\[default: runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"),  # noqa: E501
     resume: Optional[Path] = typer.Option(None, help="Continue the run saved in this checkpoint from its last completed epoch (options not given are taken from it). \\[default: none: a new run]"),  # noqa: E501
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),  # noqa: E501
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
@@ -85,7 +89,7 @@ def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> T
             if name in given and _source(ctx, name) != "COMMANDLINE":
                 given[name] = value
     data = given["data"]
-    if data.endswith(".npz") or (data not in ("synthetic", "digits", "cifar10", "cifar100", "npz") and Path(data).is_file()):
+    if data.endswith(".npz") or (data not in DATASET_NAMES and Path(data).is_file()):
         given["data"], given["data_path"] = "npz", data
     for name in ("data_dir", "data_path"):
         if given.get(name) is not None:
