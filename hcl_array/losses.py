@@ -199,9 +199,14 @@ class _Pieces:
 
 
 def _pair_losses(
-    form: str, anchor_term: Array, similarity: Array, log_lambda: Array, tau_plus: float, temperature: float
-) -> tuple[Array, Array, Array]:
-    """l_ij from c_i and s_ij, with dl/dc_i and dl/ds_ij (direct), for each loss form."""
+    form: str, anchor_term: Array, similarity: Array, log_lambda: Array, tau_plus: float, temperature: float,
+    part: Literal["both", "value", "grad"] = "both",
+) -> tuple[Array | None, Array | None, Array | None]:
+    """l_ij from c_i and s_ij, with dl/dc_i and dl/ds_ij (direct), for each loss form.
+
+    `part` skips what the caller does not use (None in its place): the tiled forward pass needs only
+    l_ij, its backward pass only the derivatives, and each is an elementwise pass over a (tile, N) block.
+    """
     xp = aa.namespace(similarity)
     c = anchor_term[:, None]
     if form == "supcon":  # l = c - s (a log-softmax: no "1 +", the positive is among the candidates)
@@ -209,8 +214,10 @@ def _pair_losses(
         return c - similarity, ones, -ones
     if form == "infonce":
         x = c - similarity
+        if part == "value":
+            return aa.softplus(x), None, None
         sig = aa.sigmoid(x)
-        return aa.softplus(x), sig, -sig
+        return (aa.softplus(x) if part == "both" else None), sig, -sig
     # Robinson et al.: Ng = max((M E_q[e^s] - tau+ M e^{s_pos}) / (1 - tau+), M e^{-1/tau}); l = softplus(log Ng - s_pos)
     floor = log_lambda[:, None] - 1.0 / temperature
     if tau_plus > 0:
@@ -229,8 +236,10 @@ def _pair_losses(
         dg_dc = xp.astype(use, similarity.dtype) + xp.zeros_like(similarity)
         dg_ds = xp.zeros_like(similarity)
     x = log_ng - similarity
+    if part == "value":
+        return aa.softplus(x), None, None
     sig = aa.sigmoid(x)
-    return aa.softplus(x), sig * dg_dc, sig * (dg_ds - 1.0)
+    return (aa.softplus(x) if part == "both" else None), sig * dg_dc, sig * (dg_ds - 1.0)
 
 
 def _pair_masks(row_ids: Array, col_ids: Array, first_row: int, *, candidates: str, include_self: bool) -> tuple[Array, Array]:

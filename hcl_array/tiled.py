@@ -142,7 +142,7 @@ def forward(z: Array, ids: Array, config: TiledConfig) -> tuple[Array, tuple[Arr
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
         pair_loss, _, _ = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
-                                       config.temperature)  # fmt: skip
+                                       config.temperature, part="value")  # fmt: skip
         valid_pairs = positives & has_negatives[:, None]
         loss_sum = xp.sum(xp.where(valid_pairs, pair_loss, xp.zeros_like(pair_loss)), axis=1)
         pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
@@ -170,7 +170,7 @@ def backward(z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, c
         rows = slice(start, min(start + config.tile, z.shape[0]))
         similarity, positives, _, log_weights, support = _block(u, ids, start, config)
         _, dl_dc, dl_ds = _pair_losses(config.form, anchor_terms[rows], similarity, log_lambdas[rows],
-                                       config.tau_plus, config.temperature)  # fmt: skip
+                                       config.tau_plus, config.temperature, part="grad")  # fmt: skip
         valid_pairs = positives & has_negatives[rows][:, None]
         pair_weights = xp.where(valid_pairs, pair_scale[rows][:, None], xp.zeros_like(similarity))
         grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,

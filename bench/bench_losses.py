@@ -1,0 +1,376 @@
+"""Benchmarks of the losses (not tests): time and peak memory of forward + backward.
+
+Run from the repository root (default: about 10 minutes on 2 CPU cores, sizes up to N = 8192):
+
+    .venv/bin/python bench/bench_losses.py                       # writes the tables into docs/performance.md
+    .venv/bin/python bench/bench_losses.py --max-n 65536         # adds N = 16k, 32k, 64k (tiled only; ~1 h)
+    .venv/bin/python bench/bench_losses.py --section scaling --sizes 65536 --backends torch \\
+        --kinds tiled,matmul --marker large                      # the 64k target alone (~30 min), own block
+    .venv/bin/python bench/bench_losses.py --out -               # print the tables, write nothing
+
+Sections:
+
+1. `peers` (issue 2): hscl forward + backward on torch CPU at N = 512, 2048, 8192, d = 128, as a ratio
+   to `F.cross_entropy(z @ z.T / tau, arange(N))` forward + backward and to pytorch-metric-learning's
+   `SupConLoss`, both measured in the same run.
+2. `scaling`: forward + backward of hscl at N = 1k, 2k, 4k, ... (d = 128) on torch, jax and numpy,
+   dense (N <= --max-dense, default 8192) and tiled (`tile="auto"` block size), each as a ratio to the
+   matrix products alone (z z^T and its two backward products, G z and G^T z, computed block by block
+   with the same blocks), and SupConLoss where it still runs (N <= 8192).
+3. `gpu`: torch CUDA, cupy and jax on a GPU at N up to 1M, tiled: only when a GPU answers.
+
+Every configuration runs in its own subprocess. Time: median over --reps runs (after one warm-up run,
+which also compiles JAX). Peak memory: the child's ru_maxrss high-water mark after the runs minus its
+resident size just before them (inputs already built, framework imported), so it counts what the loss
+allocates; on a GPU, the framework's peak-allocation counter. The machine's other load is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM, TAU, BETA, CLASSES = 128, 1.0, 1.0, 100
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker: one configuration, in its own process
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: str):
+    """A zero-argument function running one forward + backward, and a function that waits for it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    z_host = rng.normal(size=(n, DIM)).astype(np.float32)
+    labels_host = rng.integers(0, CLASSES, size=n)
+    sync = lambda: None  # noqa: E731
+
+    if backend == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        import hcl_array as hcl
+
+        z0 = torch.tensor(z_host, device=device)
+        labels = torch.tensor(labels_host, device=device)
+        targets = torch.arange(n, device=device)
+        if device.startswith("cuda"):
+            sync = torch.cuda.synchronize
+        if kind == "ce":
+            def step():
+                z = z0.clone().requires_grad_()
+                F.cross_entropy(z @ z.T / TAU, targets).backward()
+        elif kind == "supcon":
+            from pytorch_metric_learning.losses import SupConLoss
+
+            loss = SupConLoss(temperature=0.1)
+
+            def step():
+                z = z0.clone().requires_grad_()
+                loss(z, labels).backward()
+        elif kind == "matmul":
+            def step():
+                _blocked_products(z0, tile, lambda a: a.T)
+        else:
+            def step():
+                z = z0.clone().requires_grad_()
+                hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
+        return step, sync
+
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        import hcl_array as hcl
+
+        z0 = jax.device_put(jnp.asarray(z_host))
+        labels = jnp.asarray(labels_host)
+        if kind == "matmul":
+            products = jax.jit(lambda z: _blocked_products(z, tile, lambda a: a.T))
+            return (lambda: jax.block_until_ready(products(z0))), sync
+        grad = jax.jit(jax.value_and_grad(lambda z: hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile)))
+        return (lambda: jax.block_until_ready(grad(z0))), sync
+
+    if backend in ("numpy", "cupy"):
+        import hcl_array as hcl
+
+        if backend == "cupy":
+            import cupy as xp
+
+            sync = xp.cuda.Device().synchronize
+        else:
+            import numpy as xp
+        z0, labels = xp.asarray(z_host), xp.asarray(labels_host)
+        if kind == "matmul":
+            return (lambda: _blocked_products(z0, tile, lambda a: a.T)), sync
+        return (lambda: hcl.hscl(z0, labels, beta=BETA, temperature=TAU, tile=tile, return_grad=True)), sync
+    raise ValueError(backend)
+
+
+def _blocked_products(z, tile, transpose):
+    """The matrix products of forward + backward alone: s = z_b z^T, then G z and G^T z_b (G = s), per block."""
+    n = z.shape[0]
+    tile = n if tile is None else tile
+    rows, columns = [], 0.0
+    for start in range(0, n, tile):
+        block = z[start : start + tile] @ transpose(z)
+        rows.append(block @ z)
+        columns = columns + transpose(block) @ z[start : start + tile]
+    return rows, columns
+
+
+def _peak_device_bytes(backend: str, device: str) -> int | None:
+    if backend == "torch" and device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    if backend == "cupy":
+        import cupy
+
+        return int(cupy.get_default_memory_pool().total_bytes())  # the pool keeps what the peak needed
+    if backend == "jax" and device != "cpu":
+        import jax
+
+        return int(jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0))
+    return None
+
+
+def worker(spec: dict) -> dict:
+    kind, backend, n, tile, device, reps = (spec[key] for key in ("kind", "backend", "n", "tile", "device", "reps"))
+    if backend == "jax":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu" if device == "cpu" else "")
+    step, sync = _make_step(kind, backend, n, tile, device)
+    if backend == "torch" and device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    before = _rss_kib()
+    times = []
+    warmup = spec.get("warmup", True)
+    for index in range(reps + int(warmup)):  # the warm-up run (JAX compiles there) is not timed; its memory counts
+        start = time.perf_counter()
+        step()
+        sync()
+        if index or not warmup:
+            times.append(time.perf_counter() - start)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    device_bytes = _peak_device_bytes(backend, device)
+    return {
+        **spec,
+        "seconds": statistics.median(times),
+        "peak_bytes": device_bytes if device_bytes is not None else max(peak_kib, 0) * 1024,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver: subprocesses, ratios, markdown
+
+
+def run(spec: dict, timeout: float) -> dict | None:
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        print(f"  timeout: {spec}", file=sys.stderr)
+        return None
+    if result.returncode != 0:
+        print(f"  failed ({result.returncode}): {spec}\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"  {record['backend']:6} {record['kind']:8} N={record['n']:>7} tile={record['tile']!s:>5}: "
+          f"{record['seconds']:.4f} s, {record['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+    return record
+
+
+def _fmt_time(record: dict | None) -> str:
+    return "-" if record is None else f"{record['seconds'] * 1e3:.1f} ms" if record["seconds"] < 1 else f"{record['seconds']:.2f} s"
+
+
+def _fmt_mem(record: dict | None) -> str:
+    return "-" if record is None else f"{record['peak_bytes'] / 2**20:.0f} MiB"
+
+
+def _ratio(record: dict | None, base: dict | None, key: str) -> str:
+    if record is None or base is None or base[key] <= 0:
+        return "-"
+    return f"{record[key] / base[key]:.2f}x"
+
+
+def peers_section(args: argparse.Namespace) -> list[str]:
+    from hcl_array.tiled import resolve_tile
+    from hcl_array.hardening import exponential
+
+    lines = [
+        "### Issue 2: hscl vs cross-entropy and SupConLoss (torch CPU, d = 128, forward + backward)",
+        "",
+        "| N | path | hscl time | CE time | SupCon time | time / CE | time / SupCon | hscl mem | CE mem | "
+        "SupCon mem | mem / CE | mem / SupCon |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n in args.peer_sizes:
+        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": args.reps}
+        ce = run({**spec, "kind": "ce", "tile": None}, args.timeout)
+        supcon = run({**spec, "kind": "supcon", "tile": None}, args.timeout)
+        auto = resolve_tile("auto", n, hardening=exponential(BETA), negatives="expected", detach_weights=True)
+        paths = [("dense", None)] + ([("tiled (auto)", auto)] if auto is not None else [])
+        for label, tile in paths:
+            hscl = run({**spec, "kind": "hscl", "tile": tile}, args.timeout)
+            lines.append(
+                f"| {n} | {label} | {_fmt_time(hscl)} | {_fmt_time(ce)} | {_fmt_time(supcon)} | "
+                f"{_ratio(hscl, ce, 'seconds')} | {_ratio(hscl, supcon, 'seconds')} | {_fmt_mem(hscl)} | "
+                f"{_fmt_mem(ce)} | {_fmt_mem(supcon)} | {_ratio(hscl, ce, 'peak_bytes')} | "
+                f"{_ratio(hscl, supcon, 'peak_bytes')} |"
+            )
+    return lines
+
+
+def scaling_section(args: argparse.Namespace) -> list[str]:
+    from hcl_array.tiled import auto_tile
+
+    lines = [
+        "### Scaling: hscl forward + backward, d = 128, dense and tiled, vs the matrix products alone",
+        "",
+        "| backend | N | path | tile | time | memory | time / products | products time | products mem | "
+        "time / SupCon | mem / SupCon |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for backend in args.backends:
+        for n in args.sizes:
+            tile = min(auto_tile(n), n)
+            large = n > 8192  # minutes per run: one timed run, no warm-up except for JAX's compilation
+            spec = {"backend": backend, "n": n, "device": "cpu", "reps": 1 if large else args.reps,
+                    "warmup": backend == "jax" or not large}
+            products = run({**spec, "kind": "matmul", "tile": tile}, args.timeout) if "matmul" in args.kinds else None
+            supcon = None
+            if backend == "torch" and n <= 8192 and "supcon" in args.kinds:
+                supcon = run({**spec, "kind": "supcon", "tile": None}, args.timeout)
+            for path, path_tile in (("dense", None), ("tiled", tile)):
+                if path not in args.kinds or (path == "dense" and n > args.max_dense):
+                    continue
+                record = run({**spec, "kind": "hscl", "tile": path_tile}, args.timeout)
+                lines.append(
+                    f"| {backend} | {n} | {path} | {path_tile or '-'} | {_fmt_time(record)} | {_fmt_mem(record)} | "
+                    f"{_ratio(record, products, 'seconds')} | {_fmt_time(products)} | {_fmt_mem(products)} | "
+                    f"{_ratio(record, supcon, 'seconds')} | {_ratio(record, supcon, 'peak_bytes')} |"
+                )
+    return lines
+
+
+def gpu_backends() -> list[tuple[str, str]]:
+    """(backend, device) pairs that have a GPU here; probed in subprocesses so nothing lingers."""
+    probes = {
+        ("torch", "cuda"): "import torch; assert torch.cuda.is_available()",
+        ("cupy", "cuda"): "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0",
+        ("jax", "gpu"): "import jax; assert jax.devices()[0].platform == 'gpu'",
+    }
+    found = []
+    for pair, probe in probes.items():
+        if subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120).returncode == 0:
+            found.append(pair)
+    return found
+
+
+def gpu_section(args: argparse.Namespace) -> list[str]:
+    from hcl_array.tiled import auto_tile
+
+    pairs = gpu_backends()
+    lines = ["### GPU: tiled hscl forward + backward, d = 128", ""]
+    if not pairs:
+        return lines + ["No GPU answered on this machine: these numbers are pending (run with a GPU present)."]
+    lines += ["| backend | N | tile | time | GPU peak memory | time / products |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for backend, device in pairs:
+        for n in args.gpu_sizes:
+            tile = min(4 * auto_tile(n), n)
+            spec = {"backend": backend, "n": n, "device": device, "reps": args.reps if n <= 131072 else 1}
+            products = run({**spec, "kind": "matmul", "tile": tile}, args.timeout)
+            record = run({**spec, "kind": "hscl", "tile": tile}, args.timeout)
+            lines.append(f"| {backend} | {n} | {tile} | {_fmt_time(record)} | {_fmt_mem(record)} | "
+                         f"{_ratio(record, products, 'seconds')} |")  # fmt: skip
+    return lines
+
+
+def environment() -> str:
+    import numpy
+    import torch
+
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {numpy.__version__}, Python {platform.python_version()}; "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)"
+    )
+
+
+def write(tables: list[str], command: str, out: str, marker: str) -> None:
+    """Replace this run's block (between its markers) in `out`, keeping everything else of the page."""
+    start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
+    block = "\n".join([start, "", f"Command: `{command}`", "", f"Machine: {environment()}.", "", *tables, "",
+                       end])  # fmt: skip
+    if out == "-":
+        print(block)
+        return
+    path = ROOT / out
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--section", default="peers,scaling,gpu", help="comma-separated: peers, scaling, gpu")
+    parser.add_argument("--sizes", default=None, help="scaling sizes (default: 1024 doubling to --max-n)")
+    parser.add_argument("--max-n", type=int, default=8192, help="largest scaling size (65536 for the full run)")
+    parser.add_argument("--max-dense", type=int, default=8192, help="largest N for the dense path (memory)")
+    parser.add_argument("--peer-sizes", default="512,2048,8192")
+    parser.add_argument("--gpu-sizes", default="65536,262144,1048576")
+    parser.add_argument("--backends", default="torch,jax,numpy")
+    parser.add_argument("--kinds", default="dense,tiled,matmul,supcon", help="scaling rows to run")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per configuration (after one warm-up)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
+    parser.add_argument("--out", default="docs/performance.md", help="markdown file to update, or - for stdout")
+    parser.add_argument("--marker", default="default", help="name of this run's block in --out (others are kept)")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    sys.path.insert(0, str(ROOT))
+    args.backends = args.backends.split(",")
+    args.kinds = args.kinds.split(",")
+    args.peer_sizes = [int(n) for n in args.peer_sizes.split(",")]
+    args.gpu_sizes = [int(n) for n in args.gpu_sizes.split(",")]
+    args.sizes = ([int(n) for n in args.sizes.split(",")] if args.sizes
+                  else [1024 * 2**i for i in range(20) if 1024 * 2**i <= args.max_n])  # fmt: skip
+    sections = {"peers": peers_section, "scaling": scaling_section, "gpu": gpu_section}
+    tables: list[str] = []
+    for name in args.section.split(","):
+        print(f"section {name}", file=sys.stderr)
+        tables += [*sections[name](args), ""]
+    write(tables, "python " + " ".join(["bench/bench_losses.py", *sys.argv[1:]]), args.out, args.marker)
+
+
+if __name__ == "__main__":
+    main()
