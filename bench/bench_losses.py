@@ -19,8 +19,9 @@ Sections:
    with the same blocks), and SupConLoss where it still runs (N <= 8192).
 3. `gpu`: torch CUDA, cupy and jax on a GPU at N up to 1M, tiled: only when a GPU answers.
 
-Every configuration runs in its own subprocess. Time: median over --reps runs (after one warm-up run,
-which also compiles JAX). Peak memory: the child's ru_maxrss high-water mark after the runs minus its
+Every configuration runs in its own subprocess. Time: median over --reps runs (3 x --reps for N <= 2048;
+one run beyond N = 8192), after one untimed warm-up run (where JAX compiles; skipped beyond N = 8192
+except for JAX). Peak memory: the child's ru_maxrss high-water mark after the runs minus its
 resident size just before them (inputs already built, framework imported), so it counts what the loss
 allocates; on a GPU, the framework's peak-allocation counter. The machine's other load is recorded.
 """
@@ -214,6 +215,11 @@ def _ratio(record: dict | None, base: dict | None, key: str) -> str:
     return f"{record[key] / base[key]:.2f}x"
 
 
+def _reps(args: argparse.Namespace, n: int) -> int:
+    """More runs where they are cheap: a median of 9 is robust to another process's burst, a median of 3 less."""
+    return args.reps * 3 if n <= 2048 else args.reps
+
+
 def peers_section(args: argparse.Namespace) -> list[str]:
     from hcl_array.tiled import resolve_tile
     from hcl_array.hardening import exponential
@@ -226,7 +232,7 @@ def peers_section(args: argparse.Namespace) -> list[str]:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n in args.peer_sizes:
-        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": args.reps}
+        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": _reps(args, n)}
         ce = run({**spec, "kind": "ce", "tile": None}, args.timeout)
         supcon = run({**spec, "kind": "supcon", "tile": None}, args.timeout)
         auto = resolve_tile("auto", n, hardening=exponential(BETA), negatives="expected", detach_weights=True)
@@ -256,7 +262,7 @@ def scaling_section(args: argparse.Namespace) -> list[str]:
         for n in args.sizes:
             tile = min(auto_tile(n), n)
             large = n > 8192  # minutes per run: one timed run, no warm-up except for JAX's compilation
-            spec = {"backend": backend, "n": n, "device": "cpu", "reps": 1 if large else args.reps,
+            spec = {"backend": backend, "n": n, "device": "cpu", "reps": 1 if large else _reps(args, n),
                     "warmup": backend == "jax" or not large}
             products = run({**spec, "kind": "matmul", "tile": tile}, args.timeout) if "matmul" in args.kinds else None
             supcon = None

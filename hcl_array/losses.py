@@ -242,14 +242,14 @@ def _pair_losses(
     return (aa.softplus(x) if part == "both" else None), sig * dg_dc, sig * (dg_ds - 1.0)
 
 
-def _pair_masks(row_ids: Array, col_ids: Array, first_row: int, *, candidates: str, include_self: bool) -> tuple[Array, Array]:
+def _pair_masks(row_ids: Array, col_ids: Array, first_row: Any, *, candidates: str, include_self: bool) -> tuple[Array, Array]:
     """Positives P(i) and negative candidates N(i) of anchors first_row, first_row + 1, ... against every column.
 
     The dense path passes all rows (first_row = 0); the tiled path one block of anchor rows at a time.
     """
     xp = aa.namespace(row_ids, col_ids)
     same = row_ids[:, None] == col_ids[None, :]
-    rows = xp.arange(first_row, first_row + row_ids.shape[0], device=aa.device(row_ids))
+    rows = first_row + xp.arange(row_ids.shape[0], device=aa.device(row_ids))  # first_row may be traced (lax.scan)
     not_self = rows[:, None] != xp.arange(col_ids.shape[0], device=aa.device(col_ids))[None, :]
     positives = same if include_self else same & not_self
     if candidates == "other-ids":

@@ -29,6 +29,7 @@ Torch and JAX get this backward pass as their custom gradient (`backends/_torch_
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from .losses import (
 
 Array = Any
 
-__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "forward", "backward", "tiled_loss"]
+__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "scan_blocks", "forward", "backward", "tiled_loss"]
 
 #: tile="auto" switches to the tiled path above this many rows (the dense (N, N) matrices then pass ~1 GiB).
 AUTO_THRESHOLD = 4096
@@ -118,26 +119,42 @@ def resolve_tile(tile: int | str | None, n: int, *, hardening: Hardening, negati
     return int(min(int(tile), max(n, 1)))
 
 
-def _block(u: Array, ids: Array, start: int, config: TiledConfig) -> tuple[Array, ...]:
-    """Similarity, masks and weights of the anchors start .. start + tile against every column."""
-    stop = min(start + config.tile, u.shape[0])
-    similarity = (u[start:stop, ...] @ u.T) / config.temperature
-    positives, candidate_mask = _pair_masks(ids[start:stop], ids, start, candidates=config.candidates,
+def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, ...], tile: int) -> tuple[Any, tuple]:
+    """Run body(carry, first_row, rows) -> (carry, outputs) over consecutive blocks of `tile` rows.
+
+    `rows` holds each of `row_arrays` restricted to the block; the outputs (arrays with one entry per
+    row) are concatenated over blocks. A Python loop: JAX swaps in a `lax.scan` (backends/_jax_vjp.py),
+    so that its compiled program does not grow with N / tile.
+    """
+    xp = aa.namespace(*row_arrays)
+    n = row_arrays[0].shape[0]
+    outputs = []
+    for start in range(0, n, tile):
+        stop = min(start + tile, n)  # the array API leaves out-of-bounds slice stops unspecified
+        carry, out = body(carry, start, tuple(a[start:stop, ...] for a in row_arrays))
+        outputs.append(out)
+    return carry, tuple(xp.concat([out[i] for out in outputs]) for i in range(len(outputs[0])))
+
+
+def _block(u: Array, ids: Array, first_row: Any, u_rows: Array, row_ids: Array, config: TiledConfig) -> tuple:
+    """Similarity, masks and weights of one block of anchors (rows first_row, ...) against every column."""
+    similarity = (u_rows @ u.T) / config.temperature
+    positives, candidate_mask = _pair_masks(row_ids, ids, first_row, candidates=config.candidates,
                                             include_self=config.include_self)  # fmt: skip
     log_weights, support = _hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
     return similarity, positives, candidate_mask, log_weights, support
 
 
-def forward(z: Array, ids: Array, config: TiledConfig) -> tuple[Array, tuple[Array, ...]]:
+def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks) -> tuple[Array, tuple]:
     """The loss, block by block, and the (N,) per-anchor statistics the backward pass needs.
 
     Statistics: (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|).
     """
     xp = aa.namespace(z, ids)
     u = normalize_embeddings(z, config.normalize)
-    pieces: list[tuple[Array, ...]] = []
-    for start in range(0, z.shape[0], config.tile):
-        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, start, config)
+
+    def body(carry: Any, first_row: Any, rows: tuple[Array, Array]) -> tuple[Any, tuple]:
+        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, *rows, config)
         anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
@@ -146,15 +163,18 @@ def forward(z: Array, ids: Array, config: TiledConfig) -> tuple[Array, tuple[Arr
         valid_pairs = positives & has_negatives[:, None]
         loss_sum = xp.sum(xp.where(valid_pairs, pair_loss, xp.zeros_like(pair_loss)), axis=1)
         pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
-        pieces.append((anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum))
-    columns = [xp.concat([piece[index] for piece in pieces]) for index in range(7)]
-    *stats, pair_counts, loss_sums = columns
+        return carry, (anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum)
+
+    _, (*stats, pair_counts, loss_sums) = scan(body, (), (u, ids), config.tile)
     per_anchor = loss_sums * _anchor_scale(pair_counts, config.reduction)
     value = per_anchor if config.reduction == "none" else xp.sum(per_anchor)
     return value, (*stats, pair_counts)
 
 
-def backward(z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, config: TiledConfig) -> Array:
+def backward(
+    z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, config: TiledConfig, *,
+    scan: Callable[..., Any] = scan_blocks,
+) -> Array:
     """dL/dz for the cotangent of the loss (a scalar, or (N,) with reduction="none"), recomputing each block.
 
     G_block = dL/ds_block (the dense path's `_similarity_grad`); dL/du = (G u + G^T u) / tau summed over
@@ -164,20 +184,21 @@ def backward(z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, c
     anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_counts = stats
     u = normalize_embeddings(z, config.normalize)
     pair_scale = _anchor_scale(pair_counts, config.reduction) * xp.astype(cotangent, z.dtype)
-    row_grads = []
-    column_grad = xp.zeros_like(u)
-    for start in range(0, z.shape[0], config.tile):
-        rows = slice(start, min(start + config.tile, z.shape[0]))
-        similarity, positives, _, log_weights, support = _block(u, ids, start, config)
-        _, dl_dc, dl_ds = _pair_losses(config.form, anchor_terms[rows], similarity, log_lambdas[rows],
-                                       config.tau_plus, config.temperature, part="grad")  # fmt: skip
-        valid_pairs = positives & has_negatives[rows][:, None]
-        pair_weights = xp.where(valid_pairs, pair_scale[rows][:, None], xp.zeros_like(similarity))
+
+    def body(column_grad: Array, first_row: Any, rows: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
+        u_rows, row_ids, anchor_term, log_lambda, log_normalizer, log_tilted, has_negative, scale = rows
+        similarity, positives, _, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
+        _, dl_dc, dl_ds = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
+                                       config.temperature, part="grad")  # fmt: skip
+        valid_pairs = positives & has_negative[:, None]
+        pair_weights = xp.where(valid_pairs, scale[:, None], xp.zeros_like(similarity))
         grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
-                                           log_tilteds[rows], log_normalizers[rows], config.slope)  # fmt: skip
-        row_grads.append(grad_similarity @ u)
-        column_grad = column_grad + grad_similarity.T @ u[rows, ...]
-    grad_u = (xp.concat(row_grads) + column_grad) / config.temperature
+                                           log_tilted, log_normalizer, config.slope)  # fmt: skip
+        return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
+
+    row_arrays = (u, ids, anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_scale)
+    column_grad, (row_grad,) = scan(body, xp.zeros_like(u), row_arrays, config.tile)
+    grad_u = (row_grad + column_grad) / config.temperature
     return _normalize_vjp(z, u, grad_u, config.normalize)
 
 

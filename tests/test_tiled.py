@@ -256,3 +256,27 @@ def test_auto_tiles_only_above_the_threshold(monkeypatch):
     monkeypatch.setattr(tiled, "forward", lambda *a, _f=tiled.forward: calls.append(1) or _f(*a))
     assert float(hcl.hscl(z, ids)) == pytest.approx(float(hcl.hscl(z, ids, tile=None)), rel=1e-12)
     assert calls, "tile='auto' above the threshold should take the tiled path"
+
+
+def test_jax_scan_over_blocks_with_and_without_a_short_last_block():
+    """The JAX path runs full blocks in lax.scan and the remainder in Python: exact multiples and N < tile too."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    z, ids = batch(12, seed=11)
+    dense_value, dense_grad = hcl.hscl(z, ids, beta=2.0, tile=None, return_grad=True)
+    for tile_ in (4, 12, 50):
+        value, grad = hcl.hscl(jax.numpy.asarray(z), jax.numpy.asarray(ids), beta=2.0, tile=tile_, return_grad=True)
+        np.testing.assert_allclose(float(value), dense_value, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad), dense_grad, rtol=1e-10, atol=1e-13)
+
+
+def test_the_core_imports_no_framework():
+    """The tiled path reaches torch/jax only through backends/, and only for their arrays."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, hcl_array, hcl_array.tiled, hcl_array.backends;"
+            "hcl_array.hscl(np.ones((5, 3)), np.array([0, 0, 1, 1, 2]), tile=2, return_grad=True);"
+            "print('torch' in sys.modules, 'jax' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -1,9 +1,9 @@
 """The tiled loss as a `jax.custom_vjp`: its backward pass recomputes blocks instead of storing them.
 
 Imported by `hcl_array.tiled` only when the input is a jax array, so the core never imports jax.
-Works under `jax.jit` (the blocks are a Python loop over static shapes) and `jax.grad`. The forward and
-backward passes are jitted themselves: eager JAX would dispatch (and trace for autodiff) every small
-operation of every block separately, which costs seconds even for tiny batches.
+Works under `jax.jit` and `jax.grad`. The blocks run in a `lax.scan` (one compiled block body, whatever
+N / tile), plus one short block for the remainder; the forward and backward passes are jitted
+themselves, since eager JAX would dispatch (and trace for autodiff) every small operation separately.
 """
 
 from __future__ import annotations
@@ -16,8 +16,27 @@ import jax
 from hcl_array import tiled
 
 
-_forward = jax.jit(tiled.forward, static_argnums=2)
-_backward = jax.jit(tiled.backward, static_argnums=4)
+def scan_blocks(body: Any, carry: Any, row_arrays: tuple[jax.Array, ...], tile: int) -> tuple[Any, tuple]:
+    """`tiled.scan_blocks` as a `lax.scan` over the full blocks, then the short last block in Python."""
+    n = row_arrays[0].shape[0]
+    full = n // tile
+    outputs = []
+    if full:
+
+        def step(carry: Any, first_row: jax.Array) -> tuple[Any, tuple]:
+            rows = tuple(jax.lax.dynamic_slice_in_dim(a, first_row, tile) for a in row_arrays)
+            return body(carry, first_row, rows)
+
+        carry, stacked = jax.lax.scan(step, carry, jax.numpy.arange(full) * tile)
+        outputs.append(tuple(out.reshape((full * tile, *out.shape[2:])) for out in stacked))
+    if n % tile:
+        carry, last = body(carry, full * tile, tuple(a[full * tile :] for a in row_arrays))
+        outputs.append(last)
+    return carry, tuple(jax.numpy.concatenate([out[i] for out in outputs]) for i in range(len(outputs[0])))
+
+
+_forward = jax.jit(partial(tiled.forward, scan=scan_blocks), static_argnums=2)
+_backward = jax.jit(partial(tiled.backward, scan=scan_blocks), static_argnums=4)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -46,5 +65,5 @@ def tiled_loss(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.A
 @partial(jax.jit, static_argnums=2)
 def value_and_grad(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, jax.Array]:
     """(loss, dL/dz) from the analytic backward pass directly (the `return_grad=True` path), jitted."""
-    value, stats = tiled.forward(z, ids, config)
-    return value, tiled.backward(z, ids, stats, jax.numpy.ones_like(value), config)
+    value, stats = tiled.forward(z, ids, config, scan=scan_blocks)
+    return value, tiled.backward(z, ids, stats, jax.numpy.ones_like(value), config, scan=scan_blocks)
