@@ -450,11 +450,14 @@ def contrastive_loss(
         reduction: "mean" over all positive pairs, "anchor_mean" (mean over anchors with positives of
             the mean over their pairs), or "none" (per-anchor mean over its pairs, 0 without pairs).
         detach_weights: treat q as a constant in the backward pass (the paper's code).
-        rng, uniforms: random source for sampled negatives: a seed / NumPy Generator, or an (N, k)
-            array of U(0, 1) numbers (use this under jax.jit).
+        rng: random source for sampled negatives: a seed or a NumPy Generator (the same draws on
+            every backend).
+        uniforms: instead of rng, an (N, k) array of U(0, 1) numbers (use this under jax.jit).
         return_grad: also return dL/dembeddings from the analytic VJP (for NumPy and CuPy training).
         check_finite: reject NaN/Inf embeddings (skipped automatically under jax.jit).
-        tau_plus, form: internal to `supcon` and `debiased_hcl`.
+        tau_plus: the class prior of false negatives, for `debiased_hcl`.
+        form: "infonce" (softplus, the family above), "supcon" (log-softmax, l = c_i - s_ij) or
+            "debiased" (Robinson et al.); the named losses choose it.
         tile: memory-efficient evaluation (`hcl_array.tiled`): blocks of `tile` anchor rows against all
             columns, O(tile * N) memory instead of O(N^2), same values and gradients. "auto" (default):
             tiled above N = 4096 rows when the configuration allows it (expected negatives, a built-in
