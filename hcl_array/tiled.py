@@ -116,7 +116,7 @@ def resolve_tile(tile: int | str | None, n: int, *, hardening: Hardening, negati
     reason = _unsupported(hardening, negatives, detach_weights)
     if reason is not None:
         raise ValueError(f"tile={int(tile)} is not available for this configuration: {reason} (or pass tile=None)")
-    return int(min(int(tile), max(n, 1)))
+    return int(min(int(tile), n)) if n > 0 else None  # an empty batch has no blocks: the dense path handles it
 
 
 def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, ...], tile: int) -> tuple[Any, tuple]:
