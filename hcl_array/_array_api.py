@@ -6,6 +6,7 @@ is reached through the array object itself or through modules the caller has alr
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from types import ModuleType
@@ -65,32 +66,30 @@ def masked_logsumexp(x: Array, mask: Array, /, *, axis: int = -1, empty: float =
     """log sum_{mask} exp(x) along `axis`, max-shifted, and whether any entry was selected.
 
     Rows with no selected entry get the finite value `empty` (never -inf), so that a later
-    `where` that discards them cannot turn into a NaN gradient.
+    `where` that discards them cannot turn into a NaN gradient. `x` must be finite where `mask` is set.
     """
     xp = array_namespace(x, mask)
-    any_selected = xp.any(mask, axis=axis, keepdims=True)
-    # Fill masked entries with a finite value from the same row so no inf ever enters exp or max.
-    floor = xp.min(x, axis=axis, keepdims=True)
-    filled = xp.where(mask, x, floor)
-    shift = stop_gradient(xp.max(filled, axis=axis, keepdims=True))
-    terms = xp.where(mask, xp.exp(filled - shift), xp.zeros_like(filled))
-    total = xp.sum(terms, axis=axis, keepdims=True)
-    total = xp.where(any_selected, total, xp.ones_like(total))
-    lse = xp.where(any_selected, xp.log(total) + shift, xp.full_like(total, empty))
+    # -inf outside the mask: exp gives exact zeros there, and its derivative (0) never meets an inf.
+    filled = xp.where(mask, x, -math.inf)
+    shift = xp.max(filled, axis=axis, keepdims=True)
+    any_selected = shift > -math.inf
+    shift = stop_gradient(xp.where(any_selected, shift, 0.0))
+    total = xp.sum(xp.exp(filled - shift), axis=axis, keepdims=True)
+    total = xp.where(any_selected, total, 1.0)  # log(0) would poison the gradient of discarded rows
+    lse = xp.where(any_selected, xp.log(total) + shift, empty)
     return xp.squeeze(lse, axis=axis), xp.squeeze(any_selected, axis=axis)
 
 
 def softplus(x: Array, /) -> Array:
-    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    """log(1 + exp(x)) = logaddexp(x, 0), without overflow."""
     xp = array_namespace(x)
-    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    return xp.logaddexp(x, 0.0)
 
 
 def sigmoid(x: Array, /) -> Array:
-    """1 / (1 + exp(-x)), the derivative of softplus, without overflow on either side."""
+    """1 / (1 + exp(-x)) = exp(-softplus(-x)), the derivative of softplus, without overflow on either side."""
     xp = array_namespace(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return xp.exp(-xp.logaddexp(-x, 0.0))
 
 
 def stop_gradient(x: Array, /) -> Array:

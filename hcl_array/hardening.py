@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class Hardening(Protocol):
 class Uniform:
     """eta = 1: the plain (unhardened) losses SCL and UCL."""
 
+    positive: ClassVar[bool] = True  # eta > 0 everywhere: no candidate drops out of the support
     slope: float = 0.0  # d log eta / ds, used by the analytic gradient when weights are not detached
 
     def log_weights(self, similarity: Array, candidates: Array) -> Array:
@@ -57,6 +58,7 @@ class ExponentialTilt:
     """log eta(s) = beta * s (the paper; Robinson et al. 2021). beta = 0 is uniform."""
 
     beta: float
+    positive: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.beta) or self.beta < 0:

@@ -210,36 +210,39 @@ def _pair_losses(
     xp = aa.namespace(similarity)
     c = anchor_term[:, None]
     if form == "supcon":  # l = c - s (a log-softmax: no "1 +", the positive is among the candidates)
-        ones = xp.ones_like(similarity)
-        return c - similarity, ones, -ones
-    if form == "infonce":
-        x = c - similarity
         if part == "value":
-            return aa.softplus(x), None, None
-        sig = aa.sigmoid(x)
-        return (aa.softplus(x) if part == "both" else None), sig, -sig
+            return c - similarity, None, None
+        ones = xp.ones_like(similarity)
+        return (c - similarity if part == "both" else None), ones, -ones
+    if form == "infonce":
+        return _softplus_and_slope(c - similarity, part, 1.0, -1.0)
     # Robinson et al.: Ng = max((M E_q[e^s] - tau+ M e^{s_pos}) / (1 - tau+), M e^{-1/tau}); l = softplus(log Ng - s_pos)
     floor = log_lambda[:, None] - 1.0 / temperature
     if tau_plus > 0:
         ratio_log = math.log(tau_plus) + log_lambda[:, None] + similarity - c  # log(tau+ M e^{s_pos} / e^c)
         debiasable = ratio_log < 0
-        safe = xp.where(debiasable, ratio_log, xp.full_like(ratio_log, -1.0))
-        ratio = xp.exp(safe)
+        ratio = xp.exp(xp.where(debiasable, ratio_log, -1.0))  # the placeholder keeps log1p(-ratio) finite
         unclamped = c + xp.log1p(-ratio) - math.log1p(-tau_plus)
         use = debiasable & (unclamped > floor)
-        log_ng = xp.where(use, unclamped, floor + xp.zeros_like(unclamped))
-        dg_dc = xp.where(use, 1.0 / (1.0 - ratio), xp.zeros_like(ratio))
-        dg_ds = xp.where(use, -ratio / (1.0 - ratio), xp.zeros_like(ratio))
+        log_ng = xp.where(use, unclamped, floor)
+        dg_dc = xp.where(use, 1.0 / (1.0 - ratio), 0.0)
+        dg_ds = xp.where(use, -ratio / (1.0 - ratio), 0.0)
     else:
         use = c > floor
-        log_ng = xp.where(use, c + xp.zeros_like(similarity), floor + xp.zeros_like(similarity))
+        log_ng = xp.where(use, c, floor) + xp.zeros_like(similarity)
         dg_dc = xp.astype(use, similarity.dtype) + xp.zeros_like(similarity)
-        dg_ds = xp.zeros_like(similarity)
-    x = log_ng - similarity
+        dg_ds = 0.0
+    return _softplus_and_slope(log_ng - similarity, part, dg_dc, dg_ds - 1.0)
+
+
+def _softplus_and_slope(x: Array, part: str, dx_dc: Any, dx_ds: Any) -> tuple[Array | None, Array | None, Array | None]:
+    """softplus(x) and, by the chain rule through x(c, s), its derivatives sigmoid(x) dx/dc and sigmoid(x) dx/ds."""
+    xp = aa.namespace(x)
+    value = aa.softplus(x)
     if part == "value":
-        return aa.softplus(x), None, None
-    sig = aa.sigmoid(x)
-    return (aa.softplus(x) if part == "both" else None), sig * dg_dc, sig * (dg_ds - 1.0)
+        return value, None, None
+    sig = xp.exp(x - value)  # sigmoid(x) = exp(x - softplus(x)): one pass, and x - softplus(x) <= 0
+    return (value if part == "both" else None), sig * dx_dc, sig * dx_ds
 
 
 def _pair_masks(row_ids: Array, col_ids: Array, first_row: Any, *, candidates: str, include_self: bool) -> tuple[Array, Array]:
@@ -263,8 +266,11 @@ def _hardening_weights(hardening: Hardening, similarity: Array, candidate_mask: 
     """log eta on the support {n in N(i) : eta(s_in) > 0} (0 elsewhere, so no -inf enters a gradient), and the support."""
     xp = aa.namespace(similarity)
     log_eta = hardening.log_weights(similarity, candidate_mask)
-    support = candidate_mask & (log_eta > -math.inf)
-    log_weights = xp.where(support, log_eta, xp.zeros_like(log_eta))
+    if getattr(hardening, "positive", False):  # eta > 0 everywhere: every candidate is in the support
+        support, log_weights = candidate_mask, log_eta
+    else:
+        support = candidate_mask & (log_eta > -math.inf)
+        log_weights = xp.where(support, log_eta, 0.0)
     return (aa.stop_gradient(log_weights) if detach else log_weights), support
 
 
@@ -300,13 +306,19 @@ def _similarity_grad(
     """
     xp = aa.namespace(similarity)
     anchor_grad = xp.sum(pair_weights * dl_dc, axis=1)
-    zeros = xp.zeros_like(similarity)
-    tilted = xp.where(support, xp.exp(log_weights + similarity - log_tilted[:, None]), zeros)
+    # -inf (exp: 0) off the support, before exp: there log w + s may be anything, even overflow.
+    tilted = xp.exp(xp.where(support, log_weights + similarity - log_tilted[:, None], -math.inf))
     dl_dsim = pair_weights * dl_ds + anchor_grad[:, None] * tilted
     if slope:
-        weights = xp.where(support, xp.exp(log_weights - log_normalizer[:, None]), zeros)
+        weights = xp.exp(xp.where(support, log_weights - log_normalizer[:, None], -math.inf))
         dl_dsim = dl_dsim + slope * anchor_grad[:, None] * (tilted - weights)
     return dl_dsim
+
+
+def _scaled_gram(rows: Array, columns: Array, temperature: float) -> Array:
+    """s = rows @ columns^T / tau (the division skipped at the paper's tau = 1: one pass less over N x N)."""
+    gram = rows @ columns.T
+    return gram if temperature == 1.0 else gram / temperature
 
 
 def _forward(
@@ -328,10 +340,11 @@ def _forward(
     tau_plus: float,
     rng: Any,
     uniforms: Array | None,
+    need_grad: bool,
 ) -> tuple[Array, _Pieces]:
     n = z.shape[0]
     u = normalize_embeddings(z, normalize)
-    similarity = (u @ u.T) / temperature
+    similarity = _scaled_gram(u, u, temperature)
 
     positives, candidate_mask = _pair_masks(ids, ids, 0, candidates=candidates, include_self=include_self)
     log_weights, support = _hardening_weights(hardening, similarity, candidate_mask, detach_weights)
@@ -345,14 +358,12 @@ def _forward(
     anchor_term, log_lambda, _, _, has_negatives = _anchor_terms(
         log_weights, support, similarity, candidate_mask, k=k, negative_reduction=negative_reduction
     )
-    pair_loss, dl_dc, dl_ds = _pair_losses(form, anchor_term, similarity, log_lambda, tau_plus, temperature)
-    # An anchor without negatives has l = 0; `where` (not a product) keeps its gradient exactly zero.
-    valid_pairs = positives & has_negatives[:, None]
-    zeros = xp.zeros_like(pair_loss)
-    pair_loss = xp.where(valid_pairs, pair_loss, zeros)
-
+    pair_loss, dl_dc, dl_ds = _pair_losses(form, anchor_term, similarity, log_lambda, tau_plus, temperature,
+                                           part="both" if need_grad else "value")  # fmt: skip
     pair_counts = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
-    pair_weights = xp.astype(positives, similarity.dtype) * _anchor_scale(pair_counts, reduction)[:, None]
+    # An anchor without negatives has l = 0: a zero weight (l_ij is finite everywhere, so no NaN).
+    anchor_scale = _anchor_scale(pair_counts, reduction) * xp.astype(has_negatives, similarity.dtype)
+    pair_weights = xp.astype(positives, similarity.dtype) * anchor_scale[:, None]
     weighted = pair_loss * pair_weights
     value = xp.sum(weighted, axis=1) if reduction == "none" else xp.sum(weighted)
 
@@ -363,7 +374,7 @@ def _forward(
         support=support,
         log_weights=log_weights,
         anchor_term=anchor_term,
-        pair_weights=xp.where(valid_pairs, pair_weights, zeros),
+        pair_weights=pair_weights,
         dl_dc=dl_dc,
         dl_ds=dl_ds,
         has_negatives=has_negatives,
@@ -507,6 +518,7 @@ def contrastive_loss(
         normalize=normalize, negatives=negatives, k=None if k is None else int(k),
         negative_reduction=negative_reduction, include_self=include_self, reduction=reduction,
         detach_weights=detach_weights, tau_plus=float(tau_plus), rng=rng, uniforms=uniforms,
+        need_grad=return_grad,
     )  # fmt: skip
     if not return_grad:
         return value

@@ -44,6 +44,7 @@ from .losses import (
     _normalize_vjp,
     _pair_losses,
     _pair_masks,
+    _scaled_gram,
     _similarity_grad,
     normalize_embeddings,
 )
@@ -138,7 +139,7 @@ def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, .
 
 def _block(u: Array, ids: Array, first_row: Any, u_rows: Array, row_ids: Array, config: TiledConfig) -> tuple:
     """Similarity, masks and weights of one block of anchors (rows first_row, ...) against every column."""
-    similarity = (u_rows @ u.T) / config.temperature
+    similarity = _scaled_gram(u_rows, u, config.temperature)
     positives, candidate_mask = _pair_masks(row_ids, ids, first_row, candidates=config.candidates,
                                             include_self=config.include_self)  # fmt: skip
     log_weights, support = _hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
@@ -160,9 +161,9 @@ def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., An
         )
         pair_loss, _, _ = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
                                        config.temperature, part="value")  # fmt: skip
-        valid_pairs = positives & has_negatives[:, None]
-        loss_sum = xp.sum(xp.where(valid_pairs, pair_loss, xp.zeros_like(pair_loss)), axis=1)
         pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
+        loss_sum = xp.sum(pair_loss * xp.astype(positives, similarity.dtype), axis=1)
+        loss_sum = loss_sum * xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: no NaN from the zeros
         return carry, (anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum)
 
     _, (*stats, pair_counts, loss_sums) = scan(body, (), (u, ids), config.tile)
@@ -190,8 +191,7 @@ def backward(
         similarity, positives, _, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
         _, dl_dc, dl_ds = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
                                        config.temperature, part="grad")  # fmt: skip
-        valid_pairs = positives & has_negative[:, None]
-        pair_weights = xp.where(valid_pairs, scale[:, None], xp.zeros_like(similarity))
+        pair_weights = xp.astype(positives, similarity.dtype) * (scale * xp.astype(has_negative, scale.dtype))[:, None]
         grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
                                            log_tilted, log_normalizer, config.slope)  # fmt: skip
         return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
