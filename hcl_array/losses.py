@@ -471,7 +471,7 @@ def contrastive_loss(
             "debiased" (Robinson et al.); the named losses choose it.
         tile: memory-efficient evaluation (`hcl_array.tiled`): blocks of `tile` anchor rows against all
             columns, O(tile * N) memory instead of O(N^2), same values and gradients. "auto" (default):
-            tiled above N = 4096 rows when the configuration allows it (expected negatives, a built-in
+            tiled above N = 8192 rows when the configuration allows it (expected negatives, a built-in
             hardening function), dense otherwise; None: always dense; an integer: always tiled with
             that many rows per block (ValueError when the configuration needs the dense path).
 
