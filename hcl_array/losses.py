@@ -188,14 +188,13 @@ class _Pieces:
 
     u: Array
     similarity: Array
-    positives: Array
     support: Array
     log_weights: Array
-    anchor_term: Array  # c_i
+    log_normalizer: Array  # LSE(log w) per anchor
+    log_tilted: Array  # LSE(log w + s) per anchor
     pair_weights: Array  # dL/dl_ij from the reduction
     dl_dc: Array
     dl_ds: Array
-    has_negatives: Array
 
 
 def _pair_losses(
@@ -355,7 +354,7 @@ def _forward(
         support = counts > 0
         log_weights = xp.log(xp.where(support, xp.astype(counts, similarity.dtype), xp.ones_like(similarity)))
 
-    anchor_term, log_lambda, _, _, has_negatives = _anchor_terms(
+    anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
         log_weights, support, similarity, candidate_mask, k=k, negative_reduction=negative_reduction
     )
     pair_loss, dl_dc, dl_ds = _pair_losses(form, anchor_term, similarity, log_lambda, tau_plus, temperature,
@@ -368,16 +367,8 @@ def _forward(
     value = xp.sum(weighted, axis=1) if reduction == "none" else xp.sum(weighted)
 
     pieces = _Pieces(
-        u=u,
-        similarity=similarity,
-        positives=positives,
-        support=support,
-        log_weights=log_weights,
-        anchor_term=anchor_term,
-        pair_weights=pair_weights,
-        dl_dc=dl_dc,
-        dl_ds=dl_ds,
-        has_negatives=has_negatives,
+        u=u, similarity=similarity, support=support, log_weights=log_weights, log_normalizer=log_normalizer,
+        log_tilted=log_tilted, pair_weights=pair_weights, dl_dc=dl_dc, dl_ds=dl_ds,
     )
     return value, pieces
 
@@ -404,10 +395,8 @@ def _backward(z: Array, pieces: _Pieces, *, normalize: str, temperature: float, 
     candidate term gains beta r_i (p_in - q_in). Then dL/du = (G + G^T) u / tau, pulled back through g.
     """
     p = pieces
-    log_normalizer = aa.masked_logsumexp(p.log_weights, p.support)[0] if slope else None
-    log_tilted, _ = aa.masked_logsumexp(p.log_weights + p.similarity, p.support)
     dl_dsim = _similarity_grad(p.pair_weights, p.dl_dc, p.dl_ds, p.log_weights, p.similarity, p.support,
-                               log_tilted, log_normalizer, slope)  # fmt: skip
+                               p.log_tilted, p.log_normalizer, slope)  # fmt: skip
     grad_u = ((dl_dsim + dl_dsim.T) @ p.u) / temperature
     return _normalize_vjp(z, p.u, grad_u, normalize)
 
