@@ -23,11 +23,9 @@ __all__ = [
     "supports_float64",
     "masked_logsumexp",
     "softplus",
-    "sigmoid",
     "stop_gradient",
     "concrete_bool",
     "one_hot",
-    "pairwise_equal",
 ]
 
 Array = Any
@@ -86,12 +84,6 @@ def softplus(x: Array, /) -> Array:
     return xp.logaddexp(x, 0.0)
 
 
-def sigmoid(x: Array, /) -> Array:
-    """1 / (1 + exp(-x)) = exp(-softplus(-x)), the derivative of softplus, without overflow on either side."""
-    xp = array_namespace(x)
-    return xp.exp(-xp.logaddexp(-x, 0.0))
-
-
 def stop_gradient(x: Array, /) -> Array:
     """x as a constant for autodiff: torch detach, jax.lax.stop_gradient, identity elsewhere."""
     if is_torch_array(x):
@@ -119,11 +111,6 @@ def one_hot(labels: Array, num_classes: int, /, *, dtype: Any) -> Array:
         labels = xp.astype(labels, xp.int64)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
     return xp.astype(labels[:, None] == classes[None, :], dtype)
-
-
-def pairwise_equal(ids: Array, /) -> Array:
-    """(N, N) boolean matrix id_i == id_j."""
-    return ids[:, None] == ids[None, :]
 
 
 def is_array(x: Any) -> bool:

@@ -124,6 +124,11 @@ def _check_scalar(name: str, value: float, *, positive: bool) -> float:
 # Building blocks
 
 
+def _norm_floor(mode: str, dtype: Any, xp: Any) -> float:
+    """The norm below which g leaves a row unscaled: 1 for the ball clip, a tiny guard against 0 for the sphere."""
+    return 1.0 if mode == "ball" else 1e-12 if dtype == xp.float64 else 1e-6
+
+
 def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
     """g(z): "sphere" z/||z||, "ball" z/max(1, ||z||) (the paper's unit-ball clip), "none" z."""
     xp = aa.namespace(z)
@@ -131,7 +136,7 @@ def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
     if mode == "none":
         return z
     norm = xp.linalg.vector_norm(z, axis=-1, keepdims=True)
-    floor = 1.0 if mode == "ball" else 1e-12 if z.dtype == xp.float64 else 1e-6
+    floor = _norm_floor(mode, z.dtype, xp)
     return z / xp.maximum(norm, xp.full_like(norm, floor))
 
 
@@ -141,7 +146,7 @@ def _normalize_vjp(z: Array, u: Array, grad_u: Array, mode: str) -> Array:
         return grad_u
     xp = aa.namespace(z)
     norm = xp.linalg.vector_norm(z, axis=-1, keepdims=True)
-    floor = 1.0 if mode == "ball" else 1e-12 if z.dtype == xp.float64 else 1e-6
+    floor = _norm_floor(mode, z.dtype, xp)
     projected = norm > floor
     radial = xp.sum(u * grad_u, axis=-1, keepdims=True)
     scale = xp.maximum(norm, xp.full_like(norm, floor))
