@@ -1,0 +1,151 @@
+"""The fused torch kernel (hcl_array/backends/_torch_fused.py) against autograd through the array-API code.
+
+The reference is the same loss with `losses.USE_TORCH_KERNEL = False`: torch autograd differentiating
+the dense array-API path, which tests/test_losses.py ties to naive float64 loops. Both run in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hcl_array as hcl
+from hcl_array import losses
+
+torch = pytest.importorskip("torch")
+
+FUSED = {
+    "scl": (hcl.scl, {}),
+    "hscl": (hcl.hscl, {"beta": 2.5}),
+    "ucl": (hcl.ucl, {}),
+    "hucl": (hcl.hucl, {"beta": 2.5}),
+    "supcon": (hcl.supcon, {}),
+    "ntxent": (hcl.ntxent, {}),
+}
+OPTIONS = [
+    {},
+    {"include_self": True},
+    {"reduction": "anchor_mean"},
+    {"k": 7},
+    {"negative_reduction": "mean"},
+    {"detach_weights": False},
+    {"normalize": "sphere", "temperature": 0.1},
+    {"normalize": "none", "temperature": 3.0, "detach_weights": False, "reduction": "anchor_mean"},
+]
+option_id = lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"  # noqa: E731
+
+
+def batch(n: int, seed: int, d: int = 6, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Norms on both sides of 1 (the ball clip's two branches), and two anchors with no positives."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, d)) * 1.3
+    ids = rng.integers(0, classes, size=n)
+    ids[0], ids[-1] = classes + 3, classes + 9
+    return z, ids
+
+
+def value_and_grad(function, z, ids, *, kernel: bool, monkeypatch, **options):
+    monkeypatch.setattr(losses, "USE_TORCH_KERNEL", kernel)
+    tensor = torch.tensor(z, requires_grad=True)
+    value = function(tensor, torch.tensor(ids), **options)
+    value.backward()
+    return value, tensor.grad.numpy()
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("overrides", OPTIONS, ids=option_id)
+@pytest.mark.parametrize("tile", [None, 5])
+def test_kernel_equals_autograd_of_the_array_api_code(name, overrides, tile, monkeypatch):
+    function, extra = FUSED[name]
+    z, ids = batch(13 + len(name), seed=len(name) + 3 * len(overrides))
+    options = {**extra, **overrides}
+    value, grad = value_and_grad(function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **options)
+    assert type(value.grad_fn).__name__ == "FusedLossBackward"
+    ref_value, ref_grad = value_and_grad(function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None, **options)
+    np.testing.assert_allclose(value.item(), ref_value.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_degenerate_batches_match(name, monkeypatch):
+    """One id for every row (no negatives for the supervised losses), all ids distinct (no positives), one row."""
+    function, extra = FUSED[name]
+    rng = np.random.default_rng(1)
+    for z, ids in (
+        (rng.normal(size=(6, 3)), np.zeros(6, dtype=np.int64)),
+        (rng.normal(size=(6, 3)), np.arange(6)),
+        (rng.normal(size=(1, 3)), np.zeros(1, dtype=np.int64)),
+    ):
+        for tile in (None, 4):
+            value, grad = value_and_grad(function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **extra)
+            ref_value, ref_grad = value_and_grad(function, z, ids, kernel=False, monkeypatch=monkeypatch, **extra)
+            assert np.isfinite(value.item()) and np.all(np.isfinite(grad))
+            np.testing.assert_allclose(value.item(), ref_value.item(), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-15)
+
+
+def test_autograd_keeps_only_the_gradient_and_scales_it_by_the_cotangent():
+    z, ids = batch(40, seed=2)
+    tensor = torch.tensor(z, requires_grad=True)
+    value = hcl.hscl(tensor, torch.tensor(ids), beta=3.0)
+    saved = value.grad_fn.saved_tensors
+    assert [tuple(t.shape) for t in saved] == [(40, 6)]  # no (N, N) matrix survives the forward pass
+    (2.5 * value).backward(retain_graph=True)
+    once = tensor.grad.clone()
+    value.backward()
+    np.testing.assert_allclose(tensor.grad.numpy(), once.numpy() * 1.4, rtol=1e-12)
+    _, analytic = hcl.hscl(z, ids, beta=3.0, return_grad=True)
+    np.testing.assert_allclose(once.numpy(), 2.5 * analytic, rtol=1e-10, atol=1e-14)
+
+
+def test_return_grad_and_no_grad_inputs():
+    z, ids = batch(17, seed=5)
+    value, grad = hcl.hucl(torch.tensor(z), torch.tensor(ids), beta=4.0, return_grad=True)
+    ref_value, ref_grad = hcl.hucl(z, ids, beta=4.0, return_grad=True)
+    np.testing.assert_allclose(value.item(), ref_value, rtol=1e-12)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-10, atol=1e-14)
+    plain = hcl.hucl(torch.tensor(z), torch.tensor(ids), beta=4.0)
+    assert plain.grad_fn is None
+    np.testing.assert_allclose(float(plain), ref_value, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda z, ids: hcl.debiased_hcl(z, ids, beta=1.0),
+        lambda z, ids: hcl.hscl(z, ids, hardening=hcl.hardening.threshold(0.1)),
+        lambda z, ids: hcl.hscl(z, ids, reduction="none").sum(),
+        lambda z, ids: hcl.hscl(z, ids, negatives="sampled", k=4, rng=0),
+    ],
+    ids=["debiased", "threshold", "reduction-none", "sampled"],
+)
+def test_configurations_outside_the_kernel_take_the_array_api_path(call):
+    z, ids = batch(12, seed=7)
+    value = call(torch.tensor(z, requires_grad=True), torch.tensor(ids))
+    assert type(value.grad_fn).__name__ != "FusedLossBackward"
+
+
+def test_extreme_temperature_and_beta_stay_finite_and_accurate():
+    """tau = 0.01 and beta = 1000 in float32: every exponent is max-shifted, nothing overflows."""
+    z, ids = batch(64, seed=8, d=16)
+    tensor = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+    value = hcl.hscl(tensor, torch.tensor(ids), beta=1000.0, temperature=0.01, normalize="sphere")
+    value.backward()
+    ref_value, ref_grad = hcl.hscl(z, ids, beta=1000.0, temperature=0.01, normalize="sphere", return_grad=True)
+    assert np.isfinite(value.item()) and torch.isfinite(tensor.grad).all()
+    np.testing.assert_allclose(value.item(), ref_value, rtol=1e-4)
+    np.testing.assert_allclose(tensor.grad.numpy(), ref_grad, rtol=2e-3, atol=1e-4 * np.abs(ref_grad).max())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_input_accumulates_in_float32(dtype):
+    z, ids = batch(33, seed=9, d=8)
+    half = torch.tensor(z, dtype=getattr(torch, dtype), requires_grad=True)
+    value = hcl.hscl(half, torch.tensor(ids), beta=5.0, temperature=0.1, normalize="sphere")
+    assert value.dtype == torch.float32
+    value.backward()
+    assert half.grad.dtype == half.dtype
+    rounded = half.detach().double().numpy()  # the reference sees the same rounded inputs
+    ref_value, ref_grad = hcl.hscl(rounded, ids, beta=5.0, temperature=0.1, normalize="sphere", return_grad=True)
+    np.testing.assert_allclose(value.item(), ref_value, rtol=1e-5)
+    np.testing.assert_allclose(half.grad.double().numpy(), ref_grad, rtol=2e-2, atol=1e-2 * np.abs(ref_grad).max())
