@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -504,23 +504,23 @@ def contrastive_loss(
 
     rows_per_tile = tiled.resolve_tile(tile, z.shape[0], hardening=hardening, negatives=negatives,
                                        detach_weights=detach_weights)  # fmt: skip
-    fusable = USE_TORCH_KERNEL and aa.is_torch_array(z) and z.shape[0] > 0 and negatives == "expected"
-    if rows_per_tile is not None or fusable:
-        config = tiled.TiledConfig(
-            tile=rows_per_tile or z.shape[0], form=form, candidates=candidates, hardening=hardening,
-            temperature=temperature, normalize=normalize, k=None if k is None else int(k),
-            negative_reduction=negative_reduction, include_self=include_self, reduction=reduction,
-            tau_plus=float(tau_plus), slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
-        )  # fmt: skip
-        kernel = importlib.import_module("hcl_array.backends._torch_fused") if fusable else None
-        if kernel is not None and kernel.supports(config) is None:
+    n = z.shape[0]
+    config = tiled.TiledConfig(
+        tile=rows_per_tile or n, form=form, candidates=candidates, hardening=hardening, temperature=temperature,
+        normalize=normalize, k=None if k is None else int(k), negative_reduction=negative_reduction,
+        include_self=include_self, reduction=reduction, tau_plus=float(tau_plus),
+        slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
+    )  # fmt: skip
+    if USE_TORCH_KERNEL and aa.is_torch_array(z) and n > 0 and negatives == "expected":
+        kernel = importlib.import_module("hcl_array.backends._torch_fused")
+        if kernel.supports(config) is None:
+            if tile == "auto":  # the kernel's blocks are faster than one (N, N) block at every N
+                config = replace(config, tile=tiled.auto_tile(n))
             result = kernel.fused_loss(z_compute, ids, config, return_grad=return_grad)
-        elif rows_per_tile is not None:
-            result = tiled.tiled_loss(z_compute, ids, config, return_grad=return_grad)
-        else:
-            result = None
-        if result is not None:
             return _restore_views(embeddings, *result, xp) if return_grad else result
+    if rows_per_tile is not None:
+        result = tiled.tiled_loss(z_compute, ids, config, return_grad=return_grad)
+        return _restore_views(embeddings, *result, xp) if return_grad else result
 
     value, pieces = _forward(
         z_compute, ids, xp, form=form, candidates=candidates, hardening=hardening, temperature=temperature,

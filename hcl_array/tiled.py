@@ -8,22 +8,26 @@ Here the anchors are processed in blocks of `tile` rows, each against every colu
     S_i = sum_{j in P(i)} l_ij,  |P(i)|
 
 so one pass gives every per-anchor quantity, and the loss is a reduction of the (N,) vectors S and
-|P(i)|. Peak memory is O(tile * N + N * d), never O(N^2). The backward pass recomputes each block,
+|P(i)|. Peak memory is O(tile * N + N * d), never O(N^2). The gradient needs each block's
 
     G_block = dL/ds_block                                               (tile, N)
     dL/du[rows] += G_block u / tau,    dL/du += G_block^T u[rows] / tau
 
-and pulls dL/du back through g exactly as the dense path does. Every formula is the dense path's own
-helper from `losses` (masks, hardening weights, c_i, l_ij, dL/ds): the two paths cannot drift apart.
+pulled back through g exactly as the dense path does. For a scalar loss G_block is final once the
+block is seen (up to one global factor), so `value_and_grad` accumulates dL/du in the same pass as the
+value; per-anchor values (reduction="none") weigh G by the cotangent, so `backward` recomputes the
+blocks from (N,) statistics. Every formula is the dense path's own helper from `losses` (masks,
+hardening weights, c_i, l_ij, dL/ds): the two paths cannot drift apart.
 
 Why row blocks and not column tiles with an online log-sum-exp: a block of whole rows sees every
 candidate of its anchors, so c_i is exact after one pass (a column-tiled stream needs a second pass
 for l_ij, which needs c_i first), the hardening functions that look at a whole row (top-k) work
 unchanged, and the memory bound is the same O(tile * N).
 
-Torch and JAX get this backward pass as their custom gradient (`backends/_torch_autograd.py`,
+Torch and JAX get this gradient as their custom one (`backends/_torch_autograd.py`,
 `backends/_jax_vjp.py`, imported only when the input is a torch or jax array); NumPy and CuPy call
-`backward` directly (`return_grad=True`).
+`value_and_grad` directly (`return_grad=True`). Torch inputs of the common configurations take the
+fused kernel instead (`backends/_torch_fused.py`), which follows the same plan with in-place buffers.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from .losses import (
 
 Array = Any
 
-__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "scan_blocks", "forward", "backward", "tiled_loss"]
+__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "scan_blocks", "forward", "backward", "value_and_grad", "tiled_loss"]
 
 #: tile="auto" switches to the tiled path above this many rows (the dense (N, N) matrices then pass ~1 GiB).
 AUTO_THRESHOLD = 8192  # dense is faster (autodiff reuses the forward); above, memory wins
@@ -172,6 +176,45 @@ def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., An
     return value, (*stats, pair_counts)
 
 
+def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks) -> tuple[Array, Array]:
+    """The loss and dL/dz in one pass over the blocks, for the scalar reductions.
+
+    A block's G = dL/ds is final once the block is seen, up to one global factor (1 / #pairs, or
+    1 / #anchors with pairs), so dL/du accumulates while the block is in memory: three matrix
+    products per block and no block computed twice. (`backward` recomputes instead: it serves the
+    per-anchor values of reduction="none", whose gradient depends on the cotangent inside the sum.)
+    """
+    if config.reduction == "none":
+        raise ValueError("value_and_grad needs a scalar loss: reduction='mean' or 'anchor_mean'")
+    xp = aa.namespace(z, ids)
+    u = normalize_embeddings(z, config.normalize)
+
+    def body(column_grad: Array, first_row: Any, rows: tuple[Array, Array]) -> tuple[Array, tuple]:
+        u_rows, row_ids = rows
+        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
+        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
+            log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
+        )
+        pair_loss, dl_dc, dl_ds = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
+                                               config.temperature, part="both")  # fmt: skip
+        positive = xp.astype(positives, similarity.dtype)
+        pair_count = xp.sum(positive, axis=1)
+        row_weight = xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: the zeros make no NaN
+        if config.reduction == "anchor_mean":
+            row_weight = row_weight / xp.maximum(pair_count, xp.ones_like(pair_count))
+        pair_weights = positive * row_weight[:, None]
+        grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
+                                           log_tilted, log_normalizer, config.slope)  # fmt: skip
+        loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
+        return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
+
+    column_grad, (pair_counts, loss_sums, row_grad) = scan(body, xp.zeros_like(u), (u, ids), config.tile)
+    count = xp.sum(pair_counts) if config.reduction == "mean" else xp.sum(xp.astype(pair_counts > 0, u.dtype))
+    scale = 1.0 / xp.maximum(count, xp.ones_like(count))
+    grad_u = (row_grad + column_grad) * (scale / config.temperature)
+    return xp.sum(loss_sums) * scale, _normalize_vjp(z, u, grad_u, config.normalize)
+
+
 def backward(
     z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, config: TiledConfig, *,
     scan: Callable[..., Any] = scan_blocks,
@@ -205,15 +248,14 @@ def backward(
 def tiled_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool = False) -> Any:
     """The loss on (N, d) rows `z` (already in the compute dtype), with its gradient when asked.
 
-    Torch and JAX inputs go through their registered custom gradient (this module's `backward`), so
-    autograd never stores a (tile, N) block; `return_grad=True` calls `backward` directly.
+    Torch and JAX inputs go through their registered custom gradient, so autograd never stores a
+    (tile, N) block; `return_grad=True` computes the gradient here, in the same pass as the value.
     """
     if aa.is_jax_array(z):  # jitted there: eager JAX dispatches every small operation of every block
         module = importlib.import_module("hcl_array.backends._jax_vjp")
         return module.value_and_grad(z, ids, config) if return_grad else module.tiled_loss(z, ids, config)
     if return_grad:
-        value, stats = forward(z, ids, config)
-        return value, backward(z, ids, stats, aa.namespace(z).ones_like(value), config)
+        return value_and_grad(z, ids, config)
     if aa.is_torch_array(z):
         return importlib.import_module("hcl_array.backends._torch_autograd").tiled_loss(z, ids, config)
     return forward(z, ids, config)[0]

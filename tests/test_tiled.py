@@ -174,6 +174,23 @@ def test_jax_grad_through_custom_vjp_equals_dense_autodiff():
         np.testing.assert_allclose(np.asarray(grad), tensor.grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=name)
 
 
+def test_jax_per_anchor_values_recompute_blocks_in_the_backward_pass():
+    """reduction="none" under jax.grad: the custom VJP's recomputing branch, weighted by a cotangent."""
+    jax = pytest.importorskip("jax")
+    torch = pytest.importorskip("torch")
+    jax.config.update("jax_enable_x64", True)
+    z, ids = batch(11, seed=12)
+    weights = np.random.default_rng(3).normal(size=11)
+    value, grad = jax.value_and_grad(
+        lambda x: (hcl.hscl(x, jax.numpy.asarray(ids), beta=2.0, tile=4, reduction="none") * weights).sum()
+    )(jax.numpy.asarray(z))
+    tensor = torch.tensor(z, requires_grad=True)
+    reference = (hcl.hscl(tensor, torch.tensor(ids), beta=2.0, tile=None, reduction="none") * torch.tensor(weights)).sum()
+    reference.backward()
+    np.testing.assert_allclose(float(value), reference.item(), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(grad), tensor.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
 # --- precision and memory -----------------------------------------------------------------------------
 
 

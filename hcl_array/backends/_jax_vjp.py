@@ -1,4 +1,4 @@
-"""The tiled loss as a `jax.custom_vjp`: its backward pass recomputes blocks instead of storing them.
+"""The tiled loss as a `jax.custom_vjp`: no (tile, N) block is stored for the backward pass.
 
 Imported by `hcl_array.tiled` only when the input is a jax array, so the core never imports jax.
 Works under `jax.jit` and `jax.grad`. The blocks run in a `lax.scan` (one compiled block body, whatever
@@ -37,6 +37,7 @@ def scan_blocks(body: Any, carry: Any, row_arrays: tuple[jax.Array, ...], tile: 
 
 _forward = jax.jit(partial(tiled.forward, scan=scan_blocks), static_argnums=2)
 _backward = jax.jit(partial(tiled.backward, scan=scan_blocks), static_argnums=4)
+_value_and_grad = jax.jit(partial(tiled.value_and_grad, scan=scan_blocks), static_argnums=2)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -45,11 +46,16 @@ def _tiled(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array
 
 
 def _tiled_forward(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, Any]:
+    if config.reduction != "none":  # the gradient in the same pass; the backward rule only scales it
+        value, grad = _value_and_grad(z, ids, config)
+        return value, grad
     value, stats = _forward(z, ids, config)
     return value, (z, ids, stats)
 
 
 def _tiled_backward(config: tiled.TiledConfig, residuals: Any, cotangent: jax.Array) -> tuple[jax.Array, None]:
+    if config.reduction != "none":
+        return residuals * cotangent, None
     z, ids, stats = residuals
     return _backward(z, ids, stats, cotangent, config), None  # integer ids get no cotangent
 
@@ -58,12 +64,10 @@ _tiled.defvjp(_tiled_forward, _tiled_backward)
 
 
 def tiled_loss(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array:
-    """The tiled loss with its analytic, recomputing backward pass registered as the VJP."""
+    """The tiled loss with its analytic gradient registered as the VJP."""
     return _tiled(z, ids, config)
 
 
-@partial(jax.jit, static_argnums=2)
 def value_and_grad(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, jax.Array]:
-    """(loss, dL/dz) from the analytic backward pass directly (the `return_grad=True` path), jitted."""
-    value, stats = tiled.forward(z, ids, config, scan=scan_blocks)
-    return value, tiled.backward(z, ids, stats, jax.numpy.ones_like(value), config, scan=scan_blocks)
+    """(loss, dL/dz) in one jitted pass over the blocks (the `return_grad=True` path)."""
+    return _value_and_grad(z, ids, config)

@@ -1,6 +1,8 @@
-"""The tiled loss as a `torch.autograd.Function`: its backward pass recomputes blocks instead of storing them.
+"""The tiled loss as a `torch.autograd.Function`: autograd never stores a (tile, N) block.
 
 Imported by `hcl_array.tiled` only when the input is a torch tensor, so the core never imports torch.
+Serves the configurations the fused kernel (`_torch_fused`) does not cover: hardening by threshold,
+top-k or a callable, the debiased form, and per-anchor values (reduction="none").
 """
 
 from __future__ import annotations
@@ -14,24 +16,33 @@ from hcl_array import tiled
 
 
 class TiledLoss(torch.autograd.Function):
-    """Forward: `tiled.forward` (keeps only (N,) statistics). Backward: `tiled.backward`."""
+    """Scalar losses: `tiled.value_and_grad` in the forward pass (one pass over the blocks), the backward
+    pass scales that gradient. Per-anchor values: `tiled.forward` keeps (N,) statistics and the backward
+    pass (`tiled.backward`) recomputes the blocks, since its gradient depends on the cotangent."""
 
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig) -> torch.Tensor:
-        value, stats = tiled.forward(z, ids, config)
         ctx.config = config
+        if ctx.needs_input_grad[0] and config.reduction != "none":
+            value, grad = tiled.value_and_grad(z, ids, config)
+            ctx.save_for_backward(grad)
+            return value
+        value, stats = tiled.forward(z, ids, config)
         ctx.save_for_backward(z, ids, *stats)
         return value
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_value: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        z, ids, *stats = ctx.saved_tensors
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        return tiled.backward(z, ids, tuple(stats), grad_value, ctx.config), None, None
+        if ctx.config.reduction != "none":
+            (grad,) = ctx.saved_tensors
+            return grad * cotangent, None, None
+        z, ids, *stats = ctx.saved_tensors
+        return tiled.backward(z, ids, tuple(stats), cotangent, ctx.config), None, None
 
 
 def tiled_loss(z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig) -> torch.Tensor:
-    """The tiled loss with its analytic, recomputing backward pass registered for autograd."""
+    """The tiled loss with its analytic gradient registered for autograd."""
     return TiledLoss.apply(z, ids, config)
