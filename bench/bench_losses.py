@@ -91,7 +91,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
             def step():
                 _blocked_products(z0, tile, lambda a: a.T)
         else:
-            hcl.losses.USE_TORCH_KERNEL = kernel  # False: autograd through the array-API code
+            hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
 
             def step():
                 z = z0.clone().requires_grad_()
@@ -243,7 +243,7 @@ def peers_section(args: argparse.Namespace) -> list[str]:
         "### Issue 2: hscl vs cross-entropy and SupConLoss (torch CPU, d = 128, forward + backward)",
         "",
         "`default` is `hcl.hscl(z, labels)` as users call it (`tile=\"auto\"`: the fused torch kernel);",
-        "`array-API code` is the same call with `hcl_array.losses.USE_TORCH_KERNEL = False` (autograd",
+        "`array-API code` is the same call with `hcl_array.losses.USE_FUSED_KERNEL = False` (autograd",
         "through the portable code that every other backend runs).",
         "",
         "| N | path | hscl time | CE time | SupCon time | time / CE | time / SupCon | hscl mem | CE mem | "

@@ -57,11 +57,11 @@ PAPER_PRESET: dict[str, Any] = {
     "detach_weights": True,
 }
 
-#: Torch inputs of the common configurations (uniform or exponential weights, expected negatives, a
-#: scalar reduction) go through the fused kernel `hcl_array.backends._torch_fused`: same values, about
-#: half the time and a fraction of the memory. It is differentiable once; set this to False to
-#: differentiate the array-API code with autograd instead (double backward, forward-mode, functorch).
-USE_TORCH_KERNEL = True
+#: NumPy, CuPy and torch inputs of the common configurations (uniform or exponential weights, expected
+#: negatives, a scalar reduction) go through the fused kernel `hcl_array.fused`: the same values in a
+#: fraction of the time and memory. On torch it is differentiable once; set this to False to run the
+#: array-API code instead (autograd through it allows double backward, forward mode, functorch).
+USE_FUSED_KERNEL = True
 
 _NORMALIZE = ("sphere", "ball", "none")
 _CANDIDATES = ("other-ids", "all")
@@ -500,7 +500,7 @@ def contrastive_loss(
     if return_grad and reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
 
-    from . import tiled  # here, not at the top: tiled builds on this module's helpers
+    from . import fused, tiled  # here, not at the top: both build on this module's helpers
 
     rows_per_tile = tiled.resolve_tile(tile, z.shape[0], hardening=hardening, negatives=negatives,
                                        detach_weights=detach_weights)  # fmt: skip
@@ -511,12 +511,11 @@ def contrastive_loss(
         include_self=include_self, reduction=reduction, tau_plus=float(tau_plus),
         slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
     )  # fmt: skip
-    if USE_TORCH_KERNEL and aa.is_torch_array(z) and n > 0 and negatives == "expected":
-        kernel = importlib.import_module("hcl_array.backends._torch_fused")
-        if kernel.supports(config) is None:
-            if tile == "auto":  # the kernel's blocks are faster than one (N, N) block at every N
-                config = replace(config, tile=tiled.auto_tile(n))
-            result = kernel.fused_loss(z_compute, ids, config, return_grad=return_grad)
+    if USE_FUSED_KERNEL and n > 0 and negatives == "expected" and fused.supports(config) is None:
+        # the kernel's blocks beat one (N, N) block at every N: tile="auto" means cache-sized blocks here
+        result = fused.fused_loss(z_compute, ids, replace(config, tile=tiled.auto_tile(n)) if tile == "auto" else config,
+                                  return_grad=return_grad)  # fmt: skip
+        if result is not None:
             return _restore_views(embeddings, *result, xp) if return_grad else result
     if rows_per_tile is not None:
         result = tiled.tiled_loss(z_compute, ids, config, return_grad=return_grad)

@@ -32,6 +32,13 @@ OPTIONS = [
 option_id = lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def array_api_code(monkeypatch):
+    """These tests are about the array-API tiled path: keep NumPy and torch off the fused kernel
+    (tests/test_fused.py holds the kernel to this path)."""
+    monkeypatch.setattr(hcl.losses, "USE_FUSED_KERNEL", False)
+
+
 def batch(n: int, seed: int, d: int = 5, classes: int = 4):
     """Rows with norms on both sides of 1, and two anchors whose ids nobody else has (no positives)."""
     rng = np.random.default_rng(seed)
@@ -126,9 +133,7 @@ def test_views_keep_their_layout():
 
 @pytest.mark.parametrize("name", sorted(NAMED))
 @pytest.mark.parametrize("overrides", [{}, {"detach_weights": False, "include_self": True}], ids=option_id)
-def test_torch_autograd_through_the_tiled_function_equals_dense_autodiff(name, overrides, monkeypatch):
-    """Every torch path that tiles (the fused kernel's blocks, or `TiledLoss` where the kernel does not
-    apply) against autograd through the dense array-API code."""
+def test_torch_autograd_through_the_tiled_function_equals_dense_autodiff(name, overrides):
     torch = pytest.importorskip("torch")
     function, extra = NAMED[name]
     n, tile = sizes(3 * len(name))
@@ -137,8 +142,7 @@ def test_torch_autograd_through_the_tiled_function_equals_dense_autodiff(name, o
     cotangent = torch.tensor(np.random.default_rng(0).normal(size=n))
     for reduction, weigh in (("mean", lambda v: v), ("none", lambda v: (v * cotangent).sum())):
         grads = []
-        for tile_, kernel in ((None, False), (tile, True)):
-            monkeypatch.setattr(hcl.losses, "USE_TORCH_KERNEL", kernel)
+        for tile_ in (None, tile):
             tensor = torch.tensor(z, requires_grad=True)
             value = function(tensor, torch.tensor(ids), tile=tile_, **{**options, "reduction": reduction})
             weigh(value).backward()
@@ -150,8 +154,8 @@ def test_torch_autograd_through_the_tiled_function_equals_dense_autodiff(name, o
 def test_torch_tiled_graph_uses_the_registered_function():
     torch = pytest.importorskip("torch")
     z, ids = batch(10, seed=3)
-    value = hcl.hscl(torch.tensor(z, requires_grad=True), torch.tensor(ids), tile=3, reduction="none")
-    assert type(value.grad_fn).__name__ == "TiledLossBackward"  # per-anchor values: not fused
+    value = hcl.hscl(torch.tensor(z, requires_grad=True), torch.tensor(ids), tile=3)
+    assert type(value.grad_fn).__name__ == "TiledLossBackward"
 
 
 def test_jax_grad_through_custom_vjp_equals_dense_autodiff():

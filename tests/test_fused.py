@@ -1,7 +1,7 @@
-"""The fused torch kernel (hcl_array/backends/_torch_fused.py) against autograd through the array-API code.
+"""The fused kernel (hcl_array/fused.py; torch: backends/_torch_fused.py) against the array-API code.
 
-The reference is the same loss with `losses.USE_TORCH_KERNEL = False`: torch autograd differentiating
-the dense array-API path, which tests/test_losses.py ties to naive float64 loops. Both run in float64.
+The reference is the same loss with `losses.USE_FUSED_KERNEL = False`: the array-API code, which
+tests/test_losses.py ties to naive float64 loops (on torch, autograd through it). Both in float64.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 import hcl_array as hcl
-from hcl_array import losses
-
-torch = pytest.importorskip("torch")
+from hcl_array import fused, losses
 
 FUSED = {
     "scl": (hcl.scl, {}),
@@ -44,30 +42,40 @@ def batch(n: int, seed: int, d: int = 6, classes: int = 4) -> tuple[np.ndarray, 
     return z, ids
 
 
-def value_and_grad(function, z, ids, *, kernel: bool, monkeypatch, **options):
-    monkeypatch.setattr(losses, "USE_TORCH_KERNEL", kernel)
+def value_and_grad(backend, function, z, ids, *, kernel: bool, monkeypatch, **options) -> tuple[float, np.ndarray]:
+    """(loss, gradient): NumPy by return_grad, torch by autograd (through FusedLoss when kernel)."""
+    monkeypatch.setattr(losses, "USE_FUSED_KERNEL", kernel)
+    if backend == "numpy":
+        value, grad = function(z, ids, return_grad=True, **options)
+        plain = function(z, ids, **options)  # the value-only pass skips the gradient: the same number
+        np.testing.assert_allclose(float(plain), float(value), rtol=1e-14)
+        return float(value), grad
+    torch = pytest.importorskip("torch")
     tensor = torch.tensor(z, requires_grad=True)
     value = function(tensor, torch.tensor(ids), **options)
+    assert (type(value.grad_fn).__name__ == "FusedLossBackward") is kernel
     value.backward()
-    return value, tensor.grad.numpy()
+    return value.item(), tensor.grad.numpy()
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(FUSED))
 @pytest.mark.parametrize("overrides", OPTIONS, ids=option_id)
 @pytest.mark.parametrize("tile", [None, 5])
-def test_kernel_equals_autograd_of_the_array_api_code(name, overrides, tile, monkeypatch):
+def test_kernel_equals_the_array_api_code(backend, name, overrides, tile, monkeypatch):
     function, extra = FUSED[name]
     z, ids = batch(13 + len(name), seed=len(name) + 3 * len(overrides))
     options = {**extra, **overrides}
-    value, grad = value_and_grad(function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **options)
-    assert type(value.grad_fn).__name__ == "FusedLossBackward"
-    ref_value, ref_grad = value_and_grad(function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None, **options)
-    np.testing.assert_allclose(value.item(), ref_value.item(), rtol=1e-12)
+    value, grad = value_and_grad(backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **options)
+    ref_value, ref_grad = value_and_grad(backend, function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None,
+                                         **options)  # fmt: skip
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(FUSED))
-def test_degenerate_batches_match(name, monkeypatch):
+def test_degenerate_batches_match(backend, name, monkeypatch):
     """One id for every row (no negatives for the supervised losses), all ids distinct (no positives), one row."""
     function, extra = FUSED[name]
     rng = np.random.default_rng(1)
@@ -77,14 +85,17 @@ def test_degenerate_batches_match(name, monkeypatch):
         (rng.normal(size=(1, 3)), np.zeros(1, dtype=np.int64)),
     ):
         for tile in (None, 4):
-            value, grad = value_and_grad(function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **extra)
-            ref_value, ref_grad = value_and_grad(function, z, ids, kernel=False, monkeypatch=monkeypatch, **extra)
-            assert np.isfinite(value.item()) and np.all(np.isfinite(grad))
-            np.testing.assert_allclose(value.item(), ref_value.item(), rtol=1e-12, atol=1e-15)
+            value, grad = value_and_grad(backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile,
+                                         **extra)  # fmt: skip
+            ref_value, ref_grad = value_and_grad(backend, function, z, ids, kernel=False, monkeypatch=monkeypatch,
+                                                 **extra)  # fmt: skip
+            assert np.isfinite(value) and np.all(np.isfinite(grad))
+            np.testing.assert_allclose(value, ref_value, rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-15)
 
 
 def test_autograd_keeps_only_the_gradient_and_scales_it_by_the_cotangent():
+    torch = pytest.importorskip("torch")
     z, ids = batch(40, seed=2)
     tensor = torch.tensor(z, requires_grad=True)
     value = hcl.hscl(tensor, torch.tensor(ids), beta=3.0)
@@ -98,7 +109,8 @@ def test_autograd_keeps_only_the_gradient_and_scales_it_by_the_cotangent():
     np.testing.assert_allclose(once.numpy(), 2.5 * analytic, rtol=1e-10, atol=1e-14)
 
 
-def test_return_grad_and_no_grad_inputs():
+def test_torch_return_grad_and_inputs_without_grad():
+    torch = pytest.importorskip("torch")
     z, ids = batch(17, seed=5)
     value, grad = hcl.hucl(torch.tensor(z), torch.tensor(ids), beta=4.0, return_grad=True)
     ref_value, ref_grad = hcl.hucl(z, ids, beta=4.0, return_grad=True)
@@ -120,6 +132,7 @@ def test_return_grad_and_no_grad_inputs():
     ids=["debiased", "threshold", "reduction-none", "sampled"],
 )
 def test_configurations_outside_the_kernel_take_the_array_api_path(call):
+    torch = pytest.importorskip("torch")
     z, ids = batch(12, seed=7)
     value = call(torch.tensor(z, requires_grad=True), torch.tensor(ids))
     assert type(value.grad_fn).__name__ != "FusedLossBackward"
@@ -127,6 +140,7 @@ def test_configurations_outside_the_kernel_take_the_array_api_path(call):
 
 def test_extreme_temperature_and_beta_stay_finite_and_accurate():
     """tau = 0.01 and beta = 1000 in float32: every exponent is max-shifted, nothing overflows."""
+    torch = pytest.importorskip("torch")
     z, ids = batch(64, seed=8, d=16)
     tensor = torch.tensor(z, dtype=torch.float32, requires_grad=True)
     value = hcl.hscl(tensor, torch.tensor(ids), beta=1000.0, temperature=0.01, normalize="sphere")
@@ -135,10 +149,15 @@ def test_extreme_temperature_and_beta_stay_finite_and_accurate():
     assert np.isfinite(value.item()) and torch.isfinite(tensor.grad).all()
     np.testing.assert_allclose(value.item(), ref_value, rtol=1e-4)
     np.testing.assert_allclose(tensor.grad.numpy(), ref_grad, rtol=2e-3, atol=1e-4 * np.abs(ref_grad).max())
+    value32, grad32 = hcl.hscl(z.astype(np.float32), ids, beta=1000.0, temperature=0.01, normalize="sphere",
+                               return_grad=True)  # fmt: skip
+    assert value32.dtype == np.float32 and np.isfinite(value32) and np.all(np.isfinite(grad32))
+    np.testing.assert_allclose(float(value32), ref_value, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_input_accumulates_in_float32(dtype):
+    torch = pytest.importorskip("torch")
     z, ids = batch(33, seed=9, d=8)
     half = torch.tensor(z, dtype=getattr(torch, dtype), requires_grad=True)
     value = hcl.hscl(half, torch.tensor(ids), beta=5.0, temperature=0.1, normalize="sphere")
@@ -149,3 +168,24 @@ def test_half_precision_input_accumulates_in_float32(dtype):
     ref_value, ref_grad = hcl.hscl(rounded, ids, beta=5.0, temperature=0.1, normalize="sphere", return_grad=True)
     np.testing.assert_allclose(value.item(), ref_value, rtol=1e-5)
     np.testing.assert_allclose(half.grad.double().numpy(), ref_grad, rtol=2e-2, atol=1e-2 * np.abs(ref_grad).max())
+
+
+def test_numpy_half_precision_input_gives_a_float32_loss_and_a_half_gradient():
+    z, ids = batch(21, seed=10, d=8)
+    half = z.astype(np.float16)
+    value, grad = hcl.hscl(half, ids, beta=2.0, return_grad=True)
+    assert value.dtype == np.float32 and grad.dtype == np.float16
+    ref_value, ref_grad = hcl.hscl(half.astype(np.float64), ids, beta=2.0, return_grad=True)
+    np.testing.assert_allclose(float(value), ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad.astype(np.float64), ref_grad, rtol=2e-2, atol=1e-3 * np.abs(ref_grad).max())
+
+
+def test_numpy_default_call_runs_the_kernel_in_cache_sized_blocks(monkeypatch):
+    """hscl(z, labels) on NumPy goes through `fused.value_and_grad` with tile = auto_tile(N)."""
+    z, ids = batch(50, seed=11)
+    seen = []
+    original = fused.value_and_grad
+    monkeypatch.setattr(fused, "value_and_grad", lambda z, ids, config, *a, **k: seen.append(config.tile) or original(z, ids, config, *a, **k))
+    hcl.hscl(z, ids, beta=1.0, return_grad=True)
+    hcl.hscl(z, ids, beta=1.0, tile=7)
+    assert seen == [hcl.tiled.auto_tile(50), 7]
