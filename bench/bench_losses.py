@@ -1,18 +1,19 @@
 """Benchmarks of the losses (not tests): time and peak memory of forward + backward.
 
-Run from the repository root (default: about 10 minutes on 2 CPU cores, sizes up to N = 8192):
+Run from the repository root (default: about 5 minutes on 2 CPU cores, sizes up to N = 8192):
 
     .venv/bin/python bench/bench_losses.py                       # writes the tables into docs/performance.md
-    .venv/bin/python bench/bench_losses.py --max-n 65536         # adds N = 16k, 32k, 64k (tiled only; ~1 h)
-    .venv/bin/python bench/bench_losses.py --section scaling --sizes 65536 --backends torch \\
-        --kinds tiled,matmul --marker large                      # the 64k target alone (~30 min), own block
+    .venv/bin/python bench/bench_losses.py --max-n 65536         # adds N = 16k, 32k, 64k (tiled only; ~30 min)
+    .venv/bin/python bench/bench_losses.py --section scaling --sizes 65536 --backends torch,jax,numpy \\
+        --kinds tiled,matmul --marker large                      # the 64k target alone (~10 min), own block
     .venv/bin/python bench/bench_losses.py --out -               # print the tables, write nothing
 
 Sections:
 
 1. `peers` (issue 2): hscl forward + backward on torch CPU at N = 512, 2048, 8192, d = 128, as a ratio
    to `F.cross_entropy(z @ z.T / tau, arange(N))` forward + backward and to pytorch-metric-learning's
-   `SupConLoss`, both measured in the same run.
+   `SupConLoss`, both measured in the same run; once as called by default (the fused kernel) and once
+   through the array-API code (`USE_FUSED_KERNEL = False`).
 2. `scaling`: forward + backward of hscl at N = 1k, 2k, 4k, ... (d = 128) on torch, jax and numpy,
    dense (N <= --max-dense, default 8192) and tiled (`tile="auto"` block size), each as a ratio to the
    matrix products alone (z z^T and its two backward products, G z and G^T z, computed block by block
@@ -270,6 +271,9 @@ def scaling_section(args: argparse.Namespace) -> list[str]:
 
     lines = [
         "### Scaling: hscl forward + backward, d = 128, dense and tiled, vs the matrix products alone",
+        "",
+        "Torch and NumPy rows run the fused kernel (`dense`: one block of N rows), JAX rows the array-API",
+        "code. The products are z_b z^T, G z and G^T z_b per block of the same size.",
         "",
         "| backend | N | path | tile | time | memory | time / products | products time | products mem | "
         "time / SupCon | mem / SupCon |",

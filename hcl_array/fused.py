@@ -34,6 +34,7 @@ here (NumPy, or CuPy passed as the module), `TorchOps` in `backends/_torch_fused
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -263,10 +264,11 @@ def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) 
     if is_torch_array(z):
         return importlib.import_module("hcl_array.backends._torch_fused").fused_loss(z, ids, config, return_grad=return_grad)
     if is_numpy_array(z):
-        module = np
+        module, place = np, contextlib.nullcontext()
     elif is_cupy_array(z):
-        module = sys.modules["cupy"]  # imported already: z is a CuPy array
+        module, place = sys.modules["cupy"], z.device  # imported already: z is a CuPy array; buffers go to its GPU
     else:
         return None
-    value, grad = value_and_grad(z, ids, config, NumpyOps(module), want_grad=return_grad)
+    with place:
+        value, grad = value_and_grad(z, ids, config, NumpyOps(module), want_grad=return_grad)
     return (value, grad) if return_grad else value

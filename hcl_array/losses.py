@@ -470,11 +470,13 @@ def contrastive_loss(
         tau_plus: the class prior of false negatives, for `debiased_hcl`.
         form: "infonce" (softplus, the family above), "supcon" (log-softmax, l = c_i - s_ij) or
             "debiased" (Robinson et al.); the named losses choose it.
-        tile: memory-efficient evaluation (`hcl_array.tiled`): blocks of `tile` anchor rows against all
-            columns, O(tile * N) memory instead of O(N^2), same values and gradients. "auto" (default):
-            tiled above N = 8192 rows when the configuration allows it (expected negatives, a built-in
-            hardening function), dense otherwise; None: always dense; an integer: always tiled with
-            that many rows per block (ValueError when the configuration needs the dense path).
+        tile: memory-efficient evaluation: blocks of `tile` anchor rows against all columns, O(tile * N)
+            memory instead of O(N^2), same values and gradients. "auto" (default): the fused kernel
+            (`hcl_array.fused`: NumPy, CuPy, torch) in blocks of about 2^24 entries at every N; the
+            array-API code (`hcl_array.tiled`) tiled above N = 8192 rows when the configuration allows
+            it (expected negatives, a built-in hardening function), dense otherwise. None: one block
+            (dense); an integer: that many rows per block (ValueError when the configuration needs
+            the dense path).
 
     Returns:
         The loss (a 0-d array, or (N,) with reduction="none") in float32 for half-precision input,
