@@ -11,15 +11,9 @@ import pytest
 
 import hcl_array as hcl
 from hcl_array import fused, losses
+from tests.test_tiled import NAMED
 
-FUSED = {
-    "scl": (hcl.scl, {}),
-    "hscl": (hcl.hscl, {"beta": 2.5}),
-    "ucl": (hcl.ucl, {}),
-    "hucl": (hcl.hucl, {"beta": 2.5}),
-    "supcon": (hcl.supcon, {}),
-    "ntxent": (hcl.ntxent, {}),
-}
+FUSED = {name: loss for name, loss in NAMED.items() if name != "debiased_hcl"}  # the losses the kernel takes
 OPTIONS = [
     {},
     {"include_self": True},

@@ -15,6 +15,14 @@ from torch.autograd.function import once_differentiable
 from hcl_array import tiled
 
 
+def saved_gradient_times(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    """The backward pass of a scalar loss whose forward pass saved dL/dz: that gradient times the cotangent."""
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    (grad,) = ctx.saved_tensors
+    return grad * cotangent, None, None
+
+
 class TiledLoss(torch.autograd.Function):
     """Scalar losses: `tiled.value_and_grad` in the forward pass (one pass over the blocks), the backward
     pass scales that gradient. Per-anchor values: `tiled.forward` keeps (N,) statistics and the backward
@@ -34,11 +42,8 @@ class TiledLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        if ctx.config.reduction != "none":
-            (grad,) = ctx.saved_tensors
-            return grad * cotangent, None, None
+        if ctx.config.reduction != "none" or not ctx.needs_input_grad[0]:
+            return saved_gradient_times(ctx, cotangent)
         z, ids, *stats = ctx.saved_tensors
         return tiled.backward(z, ids, tuple(stats), cotangent, ctx.config), None, None
 

@@ -15,6 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from hcl_array import fused, tiled
+from hcl_array.backends._torch_autograd import saved_gradient_times
 
 __all__ = ["TorchOps", "FusedLoss", "fused_loss"]
 
@@ -97,10 +98,7 @@ class FusedLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        (grad,) = ctx.saved_tensors
-        return grad * cotangent, None, None
+        return saved_gradient_times(ctx, cotangent)
 
 
 def fused_loss(z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig, *, return_grad: bool = False) -> Any:
