@@ -92,11 +92,12 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
             def step():
                 _blocked_products(z0, tile, lambda a: a.T)
         else:
-            hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
 
             def step():
+                hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
                 z = z0.clone().requires_grad_()
                 hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
+                hcl.losses.USE_FUSED_KERNEL = True
         return step, sync
 
     if backend == "jax":
@@ -172,6 +173,24 @@ def _peak_device_bytes(backend: str, device: str) -> int | None:
     return None
 
 
+def interleaved_worker(spec: dict) -> dict:
+    """Median seconds of several torch CPU steps timed in one process, in rotating round-robin order, so
+    that the baseline and the loss share the allocator, caches and machine load of the same moments."""
+    steps = {name: _make_step(kind, "torch", spec["n"], tile, "cpu", kernel)[0]
+             for name, (kind, tile, kernel) in spec["steps"].items()}  # fmt: skip
+    for step in steps.values():  # warm-up: allocator, thread pool, imports
+        step()
+        step()
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(spec["reps"]):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def worker(spec: dict) -> dict:
     kind, backend, n, tile, device, reps = (spec[key] for key in ("kind", "backend", "n", "tile", "device", "reps"))
     if backend == "jax":
@@ -203,7 +222,8 @@ def worker(spec: dict) -> dict:
 # The driver: subprocesses, ratios, markdown
 
 
-def run(spec: dict, timeout: float) -> dict | None:
+def run_raw(spec: dict, timeout: float) -> dict | None:
+    """A worker's JSON answer, from its own process; None (and a line on stderr) when it fails."""
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -213,7 +233,13 @@ def run(spec: dict, timeout: float) -> dict | None:
     if result.returncode != 0:
         print(f"  failed ({result.returncode}): {spec}\n{result.stderr[-2000:]}", file=sys.stderr)
         return None
-    record = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(spec: dict, timeout: float) -> dict | None:
+    record = run_raw(spec, timeout)
+    if record is None:
+        return None
     print(f"  {record['backend']:6} {record['kind']:8} N={record['n']:>7} tile={record['tile']!s:>5}: "
           f"{record['seconds']:.4f} s, {record['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
     return record
@@ -245,18 +271,29 @@ def peers_section(args: argparse.Namespace) -> list[str]:
         "",
         "`default` is `hcl.hscl(z, labels)` as users call it (`tile=\"auto\"`: the fused torch kernel);",
         "`array-API code` is the same call with `hcl_array.losses.USE_FUSED_KERNEL = False` (autograd",
-        "through the portable code that every other backend runs).",
+        "through the portable code that every other backend runs). Times: medians of runs interleaved in",
+        "one process with the two baselines. Memory: each step alone in its own process (a process's peak",
+        "resident size cannot be reset, so the baselines cannot share it).",
         "",
         "| N | path | hscl time | CE time | SupCon time | time / CE | time / SupCon | hscl mem | CE mem | "
         "SupCon mem | mem / CE | mem / SupCon |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    paths = {"default": True, "array-API code": False}
     for n in args.peer_sizes:
-        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": _reps(args, n)}
-        ce = run({**spec, "kind": "ce", "tile": None}, args.timeout)
-        supcon = run({**spec, "kind": "supcon", "tile": None}, args.timeout)
-        for label, kernel in (("default", True), ("array-API code", False)):
-            hscl = run({**spec, "kind": "hscl", "tile": "auto", "kernel": kernel}, args.timeout)
+        steps = {"ce": ("ce", None, True), "supcon": ("supcon", None, True),
+                 **{label: ("hscl", "auto", kernel) for label, kernel in paths.items()}}  # fmt: skip
+        timing = run_raw({"n": n, "reps": 3 * _reps(args, n), "steps": steps}, args.timeout) or {}
+        print(f"  torch interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
+        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": 1}
+        memory = {name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel}, args.timeout)
+                  for name, (kind, tile, kernel) in steps.items()}  # fmt: skip
+        timed = {name: None if name not in timing or memory[name] is None else {**memory[name], "seconds": timing[name]}
+                 for name in steps}  # fmt: skip
+        ce, supcon = timed["ce"], timed["supcon"]
+        for label in paths:
+            hscl = timed[label]
             lines.append(
                 f"| {n} | {label} | {_fmt_time(hscl)} | {_fmt_time(ce)} | {_fmt_time(supcon)} | "
                 f"{_ratio(hscl, ce, 'seconds')} | {_ratio(hscl, supcon, 'seconds')} | {_fmt_mem(hscl)} | "
@@ -385,7 +422,8 @@ def main() -> None:
     parser.add_argument("--marker", default="default", help="name of this run's block in --out (others are kept)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(interleaved_worker(spec) if "steps" in spec else worker(spec)))
         return
     sys.path.insert(0, str(ROOT))
     args.backends = args.backends.split(",")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -113,9 +114,21 @@ def _check_inputs(z: Array, ids: Array | None, check_finite: bool) -> tuple[Any,
     z, ids = _flatten_views(z, ids, xp)
     if ids.ndim != 1 or ids.shape[0] != z.shape[0]:
         raise ValueError(f"labels/ids must have shape (N,) = ({z.shape[0]},) to match embeddings, got {tuple(ids.shape)}")
-    if check_finite and aa.concrete_bool(xp.all(xp.isfinite(z))) is False:
+    if check_finite and not _all_finite(z, xp):
         raise ValueError("embeddings contain NaN or Inf; check the encoder output (or pass check_finite=False)")
     return xp, z, ids
+
+
+def _all_finite(z: Array, xp: Any) -> bool:
+    """False when z holds a NaN or an Inf (True under jax.jit, where values are not concrete).
+
+    One sum decides almost always (NaN and Inf propagate into it); only a non-finite sum, which a huge
+    but finite z can also give, pays for the elementwise check. The sum is four times cheaper.
+    """
+    with warnings.catch_warnings():  # NumPy warns when a huge finite z overflows the sum: the slow path decides
+        warnings.simplefilter("ignore", RuntimeWarning)
+        total = aa.concrete_bool(xp.isfinite(xp.sum(z, dtype=aa.accumulation_dtype(xp, z.dtype))))
+    return total is not False or aa.concrete_bool(xp.all(xp.isfinite(z))) is not False
 
 
 def _check_scalar(name: str, value: float, *, positive: bool) -> float:
@@ -148,16 +161,15 @@ def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
 
 
 def _normalize_vjp(z: Array, u: Array, grad_u: Array, mode: str) -> Array:
-    """Pull a gradient with respect to u = g(z) back to z: (v - u (u.v)) / ||z|| on the projected rows."""
+    """Pull a gradient with respect to u = g(z) back to z: (v - u (u.v)) / ||z|| on the projected rows, v / floor elsewhere."""
     if mode == "none":
         return grad_u
     xp = aa.namespace(z)
     norm = xp.linalg.vector_norm(z, axis=-1, keepdims=True)
     floor = _norm_floor(mode, z.dtype, xp)
-    projected = norm > floor
-    radial = xp.sum(u * grad_u, axis=-1, keepdims=True)
-    scale = xp.maximum(norm, xp.full_like(norm, floor))
-    return xp.where(projected, (grad_u - u * radial) / scale, grad_u / scale)
+    # rows that g leaves unscaled (norm <= floor) have no radial part to remove: their factor is 0
+    radial = xp.sum(u * grad_u, axis=-1, keepdims=True) * xp.astype(norm > floor, u.dtype)
+    return (grad_u - u * radial) / xp.maximum(norm, xp.full_like(norm, floor))
 
 
 def _counts_from_uniforms(weights: Array, support: Array, uniforms: Array) -> Array:

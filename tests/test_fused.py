@@ -183,3 +183,20 @@ def test_numpy_default_call_runs_the_kernel_in_cache_sized_blocks(monkeypatch):
     hcl.hscl(z, ids, beta=1.0, return_grad=True)
     hcl.hscl(z, ids, beta=1.0, tile=7)
     assert seen == [hcl.tiled.auto_tile(50), 7]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, monkeypatch):
+    """The per-thread scratch buffers are fully rewritten by every call: A, B, A gives A's numbers exactly."""
+    z, ids = batch(24, seed=12)
+    other = np.random.default_rng(13).normal(size=z.shape) * 50.0
+    call = lambda x: value_and_grad(backend, hcl.hscl, x, ids, kernel=True, monkeypatch=monkeypatch, beta=3.0)  # noqa: E731
+    first = call(z)
+    call(other)
+    again = call(z)
+    assert first[0] == again[0] and np.array_equal(first[1], again[1])
+    key, buffers = fused._scratch.buffers
+    assert key[0] == (24, 24) and len(buffers) == 2  # one (rows, N) buffer for the tilted terms, one for the weights
+    monkeypatch.setattr(fused, "SCRATCH_LIMIT_BYTES", 0)
+    monkeypatch.delattr(fused._scratch, "buffers")
+    assert call(z)[0] == first[0] and not hasattr(fused._scratch, "buffers")

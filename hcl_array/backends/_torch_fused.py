@@ -32,6 +32,10 @@ class TorchOps:
         return like.new_zeros(shape)
 
     @staticmethod
+    def on_cpu(like: torch.Tensor) -> bool:
+        return like.device.type == "cpu"
+
+    @staticmethod
     def gram_into(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return torch.mm(rows, columns.T, out=out)
 
