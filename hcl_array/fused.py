@@ -23,6 +23,7 @@ Why a second implementation exists (measured: docs/performance.md):
 Block by block (rows a:b of the anchors against all N columns; one block of N rows is the dense case):
 
     x = (1 + beta) s = u[a:b] ((1 + beta) u / tau)^T, -inf off the candidates;  E = exp(x - max x)
+    (and beta s = x beta / (1 + beta) in the second buffer, for the normalizer)
     c_i = log lambda_i + log sum E + max x - LSE(beta s)        (LSE(beta s) = log |N(i)| when beta = 0)
     l_ij = softplus(c_i - s_ij) (or c_i - s_ij for supcon) on the positive pairs only
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
@@ -195,17 +196,6 @@ def _block_buffers(shape: tuple[int, int], count: int, like: Array, ops: Any) ->
     return buffers
 
 
-def _exp_over_candidates(x: Array, excluded: tuple[Array, Array] | None, ops: Any) -> tuple[Array, Array]:
-    """x <- exp(x - m) on the candidates (0 elsewhere), in place, m the row max; returns (m, row sums).
-
-    A row without candidates gets m = the lowest float (so -inf - m stays -inf, never NaN) and sum 1
-    (no log 0); every other row's sum is >= 1, since its largest entry contributes exp(0).
-    """
-    if excluded is not None:
-        x[excluded] = -math.inf
-    return ops.exp_shifted_(x)
-
-
 def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: Any) -> tuple[Array, Array | None]:
     """sum_i w_i sum_{j in P(i)} l_ij, and tau * sum over blocks of (G u + G^T u) (both before the global scale)."""
     n = u.shape[0]
@@ -230,14 +220,18 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: 
         else:
             excluded = None
         similarity = tilted[same_row, same_col] / tilt  # s_ij on the same-id pairs, before the masking
-
-        if beta:
+        if excluded is not None:
+            tilted[excluded] = -math.inf  # exp gives exact zeros off the candidates
+        # In place: x <- exp(x - m), m the row max, and the row sums. A row without candidates gets the
+        # lowest float as m (-inf - m stays -inf, never NaN) and sum 1 (no log 0); every other row's
+        # sum is >= 1, since its largest entry contributes exp(0).
+        if beta:  # beta s = (1 + beta) s scaled: the -inf carry over
             weights = ops.scale_into(tilted, beta / tilt, weights_buffer[: b - a])
-            weights_shift, weights_total = _exp_over_candidates(weights, excluded, ops)
+            weights_shift, weights_total = ops.exp_shifted_(weights)
             log_normalizer = ops.log(weights_total) + weights_shift
         else:
             log_normalizer = batch.log_num_candidates[a:b]
-        tilted_shift, tilted_total = _exp_over_candidates(tilted, excluded, ops)
+        tilted_shift, tilted_total = ops.exp_shifted_(tilted)
         if config.negative_reduction == "mean":
             log_lambda = 0.0
         elif config.k is not None:
