@@ -527,8 +527,8 @@ def contrastive_loss(
     )  # fmt: skip
     if USE_FUSED_KERNEL and n > 0 and negatives == "expected" and fused.supports(config) is None:
         # the kernel's blocks beat one (N, N) block at every N: tile="auto" means cache-sized blocks here
-        result = fused.fused_loss(z_compute, ids, replace(config, tile=tiled.auto_tile(n)) if tile == "auto" else config,
-                                  return_grad=return_grad)  # fmt: skip
+        blocks = replace(config, tile=tiled.auto_tile(n)) if tile == "auto" else config
+        result = fused.fused_loss(z_compute, ids, blocks, return_grad=return_grad)
         if result is not None:
             return _restore_views(embeddings, *result, xp) if return_grad else result
     if rows_per_tile is not None:

@@ -26,8 +26,8 @@ unchanged, and the memory bound is the same O(tile * N).
 
 Torch and JAX get this gradient as their custom one (`backends/_torch_autograd.py`,
 `backends/_jax_vjp.py`, imported only when the input is a torch or jax array); NumPy and CuPy call
-`value_and_grad` directly (`return_grad=True`). Torch inputs of the common configurations take the
-fused kernel instead (`backends/_torch_fused.py`), which follows the same plan with in-place buffers.
+`value_and_grad` directly (`return_grad=True`). NumPy, CuPy and torch inputs of the common
+configurations take the fused kernel instead (`hcl_array.fused`), which follows the same plan in place.
 """
 
 from __future__ import annotations
