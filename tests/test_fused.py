@@ -200,3 +200,26 @@ def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, m
     monkeypatch.setattr(fused, "SCRATCH_LIMIT_BYTES", 0)
     monkeypatch.delattr(fused._scratch, "buffers")
     assert call(z)[0] == first[0] and not hasattr(fused._scratch, "buffers")
+
+
+@pytest.mark.parametrize("method", ["exp_in_place", "softmax_in_place"])
+def test_both_torch_exponentiations_keep_the_kernel_contract(method):
+    """x <- exp(x - shift) with sums returned; rows of -inf (no candidates) become 0 with finite numbers.
+
+    The kernel takes `softmax_in_place` on the CPU and `exp_in_place` elsewhere: both run here."""
+    torch = pytest.importorskip("torch")
+    from hcl_array.backends._torch_fused import TorchOps
+
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(5, 7)) * 30.0
+    x[1, [0, 3]] = -np.inf
+    x[3] = -np.inf
+    tensor = torch.tensor(x)
+    shift, total = getattr(TorchOps, method)(tensor)
+    assert torch.isfinite(shift).all() and torch.isfinite(tensor).all()
+    live = np.isfinite(x).any(axis=1)
+    reference_lse = np.log(np.exp(x[live] - x[live].max(1, keepdims=True)).sum(1)) + x[live].max(1)
+    np.testing.assert_allclose((shift + torch.log(total)).numpy()[live, 0], reference_lse, rtol=1e-13)
+    np.testing.assert_allclose(tensor.numpy()[live], np.exp(x[live] - shift.numpy()[live]), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(tensor.sum(1, keepdim=True).numpy()[live], total.numpy()[live], rtol=1e-13)
+    assert np.all(tensor.numpy()[~live] == 0.0) and np.all(total.numpy()[~live] == 1.0)  # 1: no log 0 later
