@@ -97,6 +97,9 @@ class NumpyOps:
     def add_matmul_(self, out: Array, a: Array, b: Array) -> None:
         out += a @ b
 
+    def add_transpose_into(self, x: Array, out: Array) -> Array:
+        return self.np.add(x, x.T, out=out)
+
     def sum_by_row(self, values: Array, rows: Array, num_rows: int) -> Array:
         return self.np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
 
@@ -182,6 +185,10 @@ class _Batch:
 #: hscl forward + backward on torch. 0 turns the reuse off; larger batches always allocate afresh.
 SCRATCH_LIMIT_BYTES = 64 * 2**20
 _scratch = threading.local()
+#: Up to this N, a batch in one block takes dL/du from one product with G + G^T instead of two (G and
+#: G^T): measured on torch CPU, 0.61 vs 0.72 ms at N = 512 and 1.05 vs 1.56 ms at 768, but 3.2 vs
+#: 3.0 ms at 1024 and 18 vs 13 ms at 2048, where the transposed read no longer stays in cache.
+SYMMETRIC_MAX_N = 768
 
 
 def _block_buffers(shape: tuple[int, int], count: int, like: Array, ops: Any) -> list[Array]:
@@ -204,8 +211,10 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: 
     tilt = 1.0 + beta
     scaled = u * (tilt / config.temperature)  # the product gives (1 + beta) s directly: no pass to scale it
     rows_per_block = min(config.tile, n)
-    tilted_buffer, *weights_buffer = _block_buffers((rows_per_block, n), 2 if beta else 1, u, ops)
-    weights_buffer = weights_buffer[0] if beta else None
+    # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
+    symmetric = rows_per_block == n <= SYMMETRIC_MAX_N and want_grad
+    tilted_buffer, *spare = _block_buffers((rows_per_block, n), 2 if beta or symmetric else 1, u, ops)
+    weights_buffer = spare[0] if spare else None
     total = ops.zeros((), u)
     grad_u = ops.zeros(u.shape, u) if want_grad else None
     for a in range(0, n, rows_per_block):
@@ -259,8 +268,11 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: 
             weights *= anchor_grad * (slope / weights_total)
             tilted -= weights
         tilted[same_row, same_col] -= dl_dc  # pairs are unique: no accumulation needed
-        ops.add_matmul_(grad_u[a:b], tilted, u)
-        ops.add_matmul_(grad_u, tilted.T, u[a:b])
+        if symmetric:
+            ops.add_matmul_(grad_u, ops.add_transpose_into(tilted, weights_buffer), u)
+        else:
+            ops.add_matmul_(grad_u[a:b], tilted, u)
+            ops.add_matmul_(grad_u, tilted.T, u[a:b])
     return total, grad_u
 
 

@@ -73,6 +73,10 @@ class TorchOps:
         out.addmm_(a, b)
 
     @staticmethod
+    def add_transpose_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, x.T, out=out)
+
+    @staticmethod
     def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
         return values.new_zeros(num_rows).index_add_(0, rows, values)
 
