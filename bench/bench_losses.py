@@ -20,9 +20,9 @@ Sections:
    with the same blocks), and SupConLoss where it still runs (N <= 8192).
 3. `gpu`: torch CUDA, cupy and jax on a GPU at N up to 1M, tiled: only when a GPU answers.
 
-Every configuration runs in its own subprocess. Time: median over --reps runs (3 x --reps for N <= 2048;
-one run beyond N = 8192), after one untimed warm-up run (where JAX compiles; skipped beyond N = 8192
-except for JAX). Peak memory: the child's ru_maxrss high-water mark after the runs minus its
+Every configuration runs in its own subprocess. Time: median over --reps runs (10 x --reps for
+N <= 2048; one run beyond N = 8192), after one untimed warm-up run (where JAX compiles; skipped beyond
+N = 8192 except for JAX); the peers section times its four steps interleaved in one process instead. Peak memory: the child's ru_maxrss high-water mark after the runs minus its
 resident size just before them (inputs already built, framework imported), so it counts what the loss
 allocates; on a GPU, the framework's peak-allocation counter. The machine's other load is recorded.
 """
@@ -95,9 +95,11 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
 
             def step():
                 hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
-                z = z0.clone().requires_grad_()
-                hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
-                hcl.losses.USE_FUSED_KERNEL = True
+                try:
+                    z = z0.clone().requires_grad_()
+                    hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
+                finally:
+                    hcl.losses.USE_FUSED_KERNEL = True
         return step, sync
 
     if backend == "jax":

@@ -231,9 +231,9 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: 
         similarity = tilted[same_row, same_col] / tilt  # s_ij on the same-id pairs, before the masking
         if excluded is not None:
             tilted[excluded] = -math.inf  # exp gives exact zeros off the candidates
-        # In place: x <- exp(x - m), m the row max, and the row sums. A row without candidates gets the
-        # lowest float as m (-inf - m stays -inf, never NaN) and sum 1 (no log 0); every other row's
-        # sum is >= 1, since its largest entry contributes exp(0).
+        # In place: x <- exp(x - shift), with the row sums. The ops pick the shift (the row max, or the
+        # log-sum-exp when the softmax kernel is faster); a row without candidates gets a finite shift
+        # and sum 1, so -inf stays -inf and nothing becomes NaN or log 0.
         if beta:  # beta s = (1 + beta) s scaled: the -inf carry over
             weights = ops.scale_into(tilted, beta / tilt, weights_buffer[: b - a])
             weights_shift, weights_total = ops.exp_shifted_(weights)
