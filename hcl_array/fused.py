@@ -48,7 +48,7 @@ import numpy as np
 from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
 from .hardening import ExponentialTilt, Uniform
-from .losses import _normalize_vjp, normalize_embeddings
+from .losses import _norm_floor
 from .tiled import TiledConfig
 
 Array = Any
@@ -71,7 +71,7 @@ class NumpyOps:
     """The kernel's framework-specific operations for NumPy, or CuPy (`NumpyOps(cupy)`)."""
 
     def __init__(self, module: ModuleType) -> None:
-        self.np = module
+        self.np = self.module = module
 
     def empty(self, shape: tuple[int, ...], like: Array) -> Array:
         return self.np.empty(shape, dtype=like.dtype)
@@ -82,23 +82,54 @@ class NumpyOps:
     def on_cpu(self, like: Array) -> bool:
         return self.np is np
 
-    def gram_into(self, rows: Array, columns: Array, out: Array) -> Array:
+    def row_dots(self, a: Array, b: Array) -> Array:
+        """(N, 1) sums of a * b along the rows, without an (N, d) temporary."""
+        return self.np.einsum("ij,ij->i", a, b)[:, None]
+
+    def maximum(self, x: Array, floor: float) -> Array:
+        return self.np.maximum(x, floor)
+
+    def divide_into(self, x: Array, divisor: Array, out: Array) -> Array:
+        return self.np.divide(x, divisor, out=out)
+
+    def gram_operands(self, u: Array, factor: float) -> tuple[Array, float]:
+        """(columns, alpha) with gram_into(rows, columns, alpha) = factor * rows u^T: NumPy's matmul takes
+        no alpha, so the (N, d) columns are scaled once (cheaper than scaling every (rows, N) block)."""
+        return u * factor, 1.0
+
+    def gram_into(self, rows: Array, columns: Array, alpha: float, out: Array) -> Array:
         return self.np.matmul(rows, columns.T, out=out)
 
-    def scale_into(self, x: Array, factor: float, out: Array) -> Array:
-        return self.np.multiply(x, factor, out=out)
-
-    def exp_shifted_(self, x: Array) -> tuple[Array, Array]:
-        shift = self.np.maximum(x.max(axis=1, keepdims=True), self.np.finfo(x.dtype).min)
-        x -= shift
-        self.np.exp(x, out=x)
-        return shift, self.np.maximum(x.sum(axis=1, keepdims=True), 1.0)
+    def matmul_into(self, a: Array, b: Array, out: Array) -> Array:
+        return self.np.matmul(a, b, out=out)
 
     def add_matmul_(self, out: Array, a: Array, b: Array) -> None:
         out += a @ b
 
+    def row_max(self, x: Array) -> Array:
+        return x.max(axis=1, keepdims=True)
+
+    def exp_shifted_(self, x: Array, peak: Array) -> tuple[Array, Array]:
+        x -= peak
+        self.np.exp(x, out=x)
+        sums = x.sum(axis=1, keepdims=True)
+        return self.np.log(sums) + peak, sums
+
+    def scale_into(self, x: Array, factor: float, out: Array) -> Array:
+        return self.np.multiply(x, factor, out=out)
+
+    def fill_diagonal_(self, x: Array, offset: int, value: float) -> None:
+        self.np.fill_diagonal(x[:, offset:], value)
+
     def add_transpose_into(self, x: Array, out: Array) -> Array:
         return self.np.add(x, x.T, out=out)
+
+    def pull_back(self, grad_u: Array, u: Array, radial: Array, factor: Array) -> Array:
+        """A fresh (grad_u - u * radial) * factor."""
+        out = u * radial
+        self.np.subtract(grad_u, out, out=out)
+        out *= factor
+        return out
 
     def sum_by_row(self, values: Array, rows: Array, num_rows: int) -> Array:
         return self.np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
@@ -115,13 +146,13 @@ class NumpyOps:
     def astype(self, x: Array, like: Array) -> Array:
         return x.astype(like.dtype)
 
-    def same_id_groups(self, ids: Array) -> tuple[Array, Array, Array]:
-        """(rows sorted by id, each row's first sorted position of its id, each row's id count)."""
+    def same_id_groups(self, ids: Array) -> tuple[Array, Array, Array, int]:
+        """(rows sorted by id, each row's first sorted position of its id, each row's id count, #ids)."""
         order = self.np.argsort(ids, kind="stable")
         _, group, counts = self.np.unique(ids[order], return_inverse=True, return_counts=True)
         start, size = self.np.empty_like(order), self.np.empty_like(order)
         start[order], size[order] = (self.np.cumsum(counts) - counts)[group], counts[group]
-        return order, start, size
+        return order, start, size, counts.shape[0]
 
     def repeat_rows(self, sizes: Array, total: int) -> Array:
         """[0] * sizes[0] + [1] * sizes[1] + ... (by search: CuPy's repeat takes no array of counts)."""
@@ -139,11 +170,16 @@ class NumpyOps:
 
 @dataclass
 class _Batch:
-    """Per-row facts of the batch, found once in O(N log N) from the sorted ids (no (N, N) mask)."""
+    """Per-row facts of the batch, found once in O(N log N) from the sorted ids (no (N, N) mask).
 
-    log_num_candidates: Array  # (N, 1): log max(|N(i)|, 1)
-    row_weight: Array  # (N,): the weight of each of anchor i's pairs, before the global scale
-    scale: Array  # 1 / #pairs ("mean") or 1 / #anchors with pairs ("anchor_mean")
+    Anchors without candidates exist only batch-wide (one id for every row with candidates="other-ids";
+    a single row without include_self for "all"): then `empty` is set and the loss is 0. Otherwise every
+    row has a candidate, so every row of a block has a finite maximum."""
+
+    empty: bool  # no anchor has both a positive and a candidate: the loss and its gradient are 0
+    log_num_candidates: Array | float  # log |N(i)|: (N, 1), or one number when every row has as many
+    row_weight: Array | None  # (N,): the weight of each of anchor i's pairs before the scale (None: 1)
+    scale: float  # 1 / #pairs ("mean") or 1 / #anchors with pairs ("anchor_mean")
     order: Array  # rows sorted by id (stable)
     group_size: Array  # (N,): rows sharing row i's id, i itself included
     pair_base: Array  # (N,): pair p of row i (pairs numbered row by row) is with row order[p + pair_base[i]]
@@ -152,25 +188,31 @@ class _Batch:
     @classmethod
     def of(cls, ids: Array, config: TiledConfig, like: Array, ops: Any) -> _Batch:
         n = ids.shape[0]
-        order, group_start, group_size = ops.same_id_groups(ids)
+        order, group_start, group_size, num_ids = ops.same_id_groups(ids)
         pair_end = ops.cumsum(group_size)
+        pair_offsets = [0, *ops.to_list(pair_end)]
+        not_self = 0 if config.include_self else 1
         if config.candidates == "other-ids":
-            num_candidates = ops.astype(n - group_size, like)
+            empty = num_ids == 1
+            log_num_candidates = 0.0 if empty else ops.log(ops.astype(n - group_size, like))[:, None]
         else:
-            num_candidates = ops.astype(group_size * 0 + (n if config.include_self else n - 1), like)
-        pair_counts = ops.astype(group_size if config.include_self else group_size - 1, like)
-        # Only uniform and exponential weights come here: eta > 0, so every candidate is in the support.
-        row_weight = ops.astype(num_candidates > 0, like)
+            empty = n - not_self == 0
+            log_num_candidates = math.log(max(n - not_self, 1))
         if config.reduction == "mean":
-            count = pair_counts.sum()
+            row_weight, count = None, pair_offsets[-1] - not_self * n
         else:  # anchor_mean: 1 / |P(i)| in the rows, 1 / #anchors with pairs outside
-            row_weight = row_weight / (pair_counts + (pair_counts == 0))
-            count = ops.astype(pair_counts > 0, like).sum()
+            pair_counts = group_size - not_self
+            row_weight = 1.0 / ops.astype(pair_counts + (pair_counts == 0), like)
+            count = n if config.include_self else n - int((group_size == 1).sum())
         return cls(
-            log_num_candidates=ops.log(num_candidates + (num_candidates == 0))[:, None], row_weight=row_weight,
-            scale=1.0 / (count + (count == 0)), order=order, group_size=group_size,
-            pair_base=group_start - (pair_end - group_size), pair_offsets=[0, *ops.to_list(pair_end)],
+            empty=empty or count == 0, log_num_candidates=log_num_candidates, row_weight=row_weight,
+            scale=1.0 / max(count, 1), order=order, group_size=group_size,
+            pair_base=group_start - (pair_end - group_size), pair_offsets=pair_offsets,
         )
+
+    def log_candidates(self, first_row: int, last_row: int) -> Array | float:
+        return self.log_num_candidates if isinstance(self.log_num_candidates, float) \
+            else self.log_num_candidates[first_row:last_row]  # fmt: skip
 
     def same_id_pairs(self, first_row: int, last_row: int, ops: Any) -> tuple[Array, Array]:
         """(row within the block, column) of every pair of rows sharing an id, the pair (i, i) included."""
@@ -179,10 +221,11 @@ class _Batch:
         return local_row, self.order[number + self.pair_base[first_row:last_row][local_row]]
 
 
-#: Per thread, the kernel keeps its (rows, N) block buffers for the next call of the same shape when
-#: they take at most this many bytes together, on the CPU (GPU allocators pool memory themselves).
-#: A fresh buffer pays a page fault per 4 KiB on first touch: at N = 512 that was 0.6 of 3.6 ms of
-#: hscl forward + backward on torch. 0 turns the reuse off; larger batches always allocate afresh.
+#: Per thread, the kernel keeps its scratch buffers (the (rows, N) blocks, and u and dL/du) for the
+#: next call of the same shapes when they take at most this many bytes together, on the CPU (GPU
+#: allocators pool memory themselves). A fresh buffer pays a page fault per 4 KiB on first touch: at
+#: N = 512 that was 0.6 of 3.6 ms of hscl forward + backward on torch. 0 turns the reuse off; larger
+#: batches always allocate afresh.
 SCRATCH_LIMIT_BYTES = 64 * 2**20
 _scratch = threading.local()
 #: Up to this N, a batch in one block takes dL/du from one product with G + G^T instead of two (G and
@@ -191,76 +234,80 @@ _scratch = threading.local()
 SYMMETRIC_MAX_N = 768
 
 
-def _block_buffers(shape: tuple[int, int], count: int, like: Array, ops: Any) -> list[Array]:
-    """`count` uninitialized arrays of `shape` and like's dtype: last call's, when they fit the reuse rule."""
-    key = (shape, count, like.dtype, type(like))
+def _beta(config: TiledConfig) -> float:
+    return config.hardening.beta if isinstance(config.hardening, ExponentialTilt) else 0.0
+
+
+def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any) -> list[Array]:
+    """Uninitialized arrays of these shapes and like's dtype: the last call's, when they fit the reuse rule."""
+    key = (shapes, like.dtype, type(like))
     cached = getattr(_scratch, "buffers", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    buffers = [ops.empty(shape, like) for _ in range(count)]
+    buffers = [ops.empty(shape, like) for shape in shapes]
     if ops.on_cpu(like) and sum(buffer.nbytes for buffer in buffers) <= SCRATCH_LIMIT_BYTES:
         _scratch.buffers = (key, buffers)
     return buffers
 
 
-def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: Any) -> tuple[Array, Array | None]:
-    """sum_i w_i sum_{j in P(i)} l_ij, and tau * sum over blocks of (G u + G^T u) (both before the global scale)."""
+def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Array], grad_u: Array | None,
+            ops: Any) -> Array:  # fmt: skip
+    """sum_i w_i sum_{j in P(i)} l_ij before the global scale; when grad_u is given, sets it to
+    tau / scale * dL/du = sum over blocks of G u + G^T u."""
     n = u.shape[0]
-    beta = config.hardening.beta if isinstance(config.hardening, ExponentialTilt) else 0.0
+    beta = _beta(config)
     slope = config.slope  # beta through undetached weights, else 0
     tilt = 1.0 + beta
-    scaled = u * (tilt / config.temperature)  # the product gives (1 + beta) s directly: no pass to scale it
-    rows_per_block = min(config.tile, n)
-    # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
-    symmetric = rows_per_block == n <= SYMMETRIC_MAX_N and want_grad
-    tilted_buffer, *spare = _block_buffers((rows_per_block, n), 2 if beta or symmetric else 1, u, ops)
+    columns, alpha = ops.gram_operands(u, tilt / config.temperature)  # the product gives (1 + beta) s directly
+    tilted_buffer, *spare = block_buffers
     weights_buffer = spare[0] if spare else None
-    total = ops.zeros((), u)
-    grad_u = ops.zeros(u.shape, u) if want_grad else None
+    rows_per_block = tilted_buffer.shape[0]
+    # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
+    symmetric = grad_u is not None and rows_per_block == n <= SYMMETRIC_MAX_N
+    if grad_u is not None and not symmetric:
+        grad_u[...] = 0.0
+    total = 0.0
     for a in range(0, n, rows_per_block):
         b = min(a + rows_per_block, n)
-        tilted = ops.gram_into(u[a:b], scaled, tilted_buffer[: b - a])
+        tilted = ops.gram_into(u[a:b], columns, alpha, tilted_buffer[: b - a])
         same_row, same_col = batch.same_id_pairs(a, b, ops)
-        if config.candidates == "other-ids":
-            excluded = (same_row, same_col)
-        elif not config.include_self:
-            rows = ops.arange(0, b - a, u)
-            excluded = (rows, rows + a)
-        else:
-            excluded = None
         similarity = tilted[same_row, same_col] / tilt  # s_ij on the same-id pairs, before the masking
-        if excluded is not None:
-            tilted[excluded] = -math.inf  # exp gives exact zeros off the candidates
-        # In place: x <- exp(x - shift), with the row sums. The ops pick the shift (the row max, or the
-        # log-sum-exp when the softmax kernel is faster); a row without candidates gets a finite shift
-        # and sum 1, so -inf stays -inf and nothing becomes NaN or log 0.
+        if config.candidates == "other-ids":
+            tilted[same_row, same_col] = -math.inf  # exp gives exact zeros off the candidates
+        elif not config.include_self:
+            ops.fill_diagonal_(tilted, a, -math.inf)
+        peak = ops.row_max(tilted)  # finite: every row has a candidate (batch.empty is False)
+        # In place: x <- exp(x - shift), returning each row's log-sum-exp and sum; the ops pick the shift
+        # (the row max, or the log-sum-exp when the softmax kernel is faster).
         if beta:  # beta s = (1 + beta) s scaled: the -inf carry over
             weights = ops.scale_into(tilted, beta / tilt, weights_buffer[: b - a])
-            weights_shift, weights_total = ops.exp_shifted_(weights)
-            log_normalizer = ops.log(weights_total) + weights_shift
+            log_normalizer, weights_total = ops.exp_shifted_(weights, peak * (beta / tilt))
         else:
-            log_normalizer = batch.log_num_candidates[a:b]
-        tilted_shift, tilted_total = ops.exp_shifted_(tilted)
+            log_normalizer = batch.log_candidates(a, b)
+        log_sum, tilted_total = ops.exp_shifted_(tilted, peak)
         if config.negative_reduction == "mean":
             log_lambda = 0.0
         elif config.k is not None:
             log_lambda = math.log(config.k)
         else:
-            log_lambda = batch.log_num_candidates[a:b]
-        anchor_term = (log_lambda + ops.log(tilted_total) + tilted_shift - log_normalizer)[:, 0]
+            log_lambda = batch.log_candidates(a, b)
+        anchor_term = (log_sum + (log_lambda - log_normalizer))[:, 0]
 
-        pair_weight = batch.row_weight[a:b][same_row]
+        pair_weight = None if batch.row_weight is None else batch.row_weight[a:b][same_row]
         if not config.include_self:  # (i, i) is not a positive: weight 0 (cheaper than filtering the pairs out)
-            pair_weight = pair_weight * ops.astype(same_row + a != same_col, u)
+            not_self = ops.astype(same_row + a != same_col, u)
+            pair_weight = not_self if pair_weight is None else pair_weight * not_self
         margin = anchor_term[same_row] - similarity
         if config.form == "supcon":  # l = c - s
-            total += (pair_weight * margin).sum()
-            dl_dc = pair_weight
+            loss, dl_dc = margin, pair_weight
         else:  # l = softplus(c - s)
-            total += (pair_weight * ops.softplus(margin)).sum()
-            dl_dc = pair_weight * ops.sigmoid(margin)
+            loss, dl_dc = ops.softplus(margin), ops.sigmoid(margin)
+            dl_dc = dl_dc if pair_weight is None else pair_weight * dl_dc
+        total = total + (loss.sum() if pair_weight is None else pair_weight @ loss)
         if grad_u is None:
             continue
+        if dl_dc is None:  # supcon with every weight 1
+            dl_dc = ops.module.ones_like(margin)
         # G = (1 + slope) r_i p_in - slope r_i q_in on the candidates, then -w_ij dl/dc_ij at the positives
         anchor_grad = ops.sum_by_row(dl_dc, same_row, b - a)[:, None]
         tilted *= anchor_grad * ((1.0 + slope) / tilted_total)
@@ -269,22 +316,45 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, want_grad: bool, ops: 
             tilted -= weights
         tilted[same_row, same_col] -= dl_dc  # pairs are unique: no accumulation needed
         if symmetric:
-            ops.add_matmul_(grad_u, ops.add_transpose_into(tilted, weights_buffer), u)
+            ops.matmul_into(ops.add_transpose_into(tilted, weights_buffer), u, grad_u)
         else:
             ops.add_matmul_(grad_u[a:b], tilted, u)
             ops.add_matmul_(grad_u, tilted.T, u[a:b])
-    return total, grad_u
+    return total
 
 
 def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_grad: bool = True) -> tuple[Array, Array | None]:
-    """(loss, dL/dz) of `config` on (N, d) rows z in the compute dtype; the gradient only when want_grad."""
-    u = normalize_embeddings(z, config.normalize)
-    batch = _Batch.of(ids, config, u, ops)
-    total, grad_u = _blocks(u, batch, config, want_grad, ops)
+    """(loss, dL/dz) of `config` on (N, d) rows z in the compute dtype; the gradient only when want_grad.
+
+    With u = g(z) = z / max(||z||, floor) (floor: 1 for "ball", ~0 for "sphere") and v = dL/du:
+    dL/dz = (v - u (u.v) [||z|| > floor]) / max(||z||, floor).
+    """
+    n, d = z.shape
+    batch = _Batch.of(ids, config, z, ops)
+    if batch.empty:
+        return ops.zeros((), z), (ops.zeros(z.shape, z) if want_grad else None)
+    rows_per_block = min(config.tile, n)
+    two_blocks = _beta(config) or (want_grad and rows_per_block == n <= SYMMETRIC_MAX_N)
+    normalizing = config.normalize != "none"
+    block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
+    buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
+    block_buffers = [next(buffers) for _ in block_shapes]
+    if normalizing:
+        norm = ops.row_dots(z, z) ** 0.5
+        floor = _norm_floor(config.normalize, z.dtype, ops.module)
+        divisor = ops.maximum(norm, floor)
+        u = ops.divide_into(z, divisor, next(buffers))
+    else:
+        u = z
+    grad_u = next(buffers) if want_grad else None
+    value = _blocks(u, batch, config, block_buffers, grad_u, ops) * batch.scale
     if grad_u is None:
-        return total * batch.scale, None
-    grad_u *= batch.scale / config.temperature
-    return total * batch.scale, _normalize_vjp(z, u, grad_u, config.normalize)
+        return value, None
+    factor = batch.scale / config.temperature
+    if not normalizing:
+        return value, grad_u * factor
+    radial = ops.row_dots(u, grad_u) * ops.astype(norm > floor, u)  # rows g leaves unscaled have no radial part
+    return value, ops.pull_back(grad_u, u, radial, factor / divisor)
 
 
 def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) -> Any:

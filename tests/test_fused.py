@@ -196,30 +196,35 @@ def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, m
     again = call(z)
     assert first[0] == again[0] and np.array_equal(first[1], again[1])
     key, buffers = fused._scratch.buffers
-    assert key[0] == (24, 24) and len(buffers) == 2  # one (rows, N) buffer for the tilted terms, one for the weights
+    shapes = key[0]
+    assert shapes[:2] == ((24, 24), (24, 24))  # (rows, N) blocks: the tilted terms, the weights
+    assert shapes[2:] == ((24, 6),) * (1 if backend == "numpy" else 2)  # u; dL/du (numpy's last call is value-only)
+    assert [tuple(buffer.shape) for buffer in buffers] == list(shapes)
     monkeypatch.setattr(fused, "SCRATCH_LIMIT_BYTES", 0)
     monkeypatch.delattr(fused._scratch, "buffers")
     assert call(z)[0] == first[0] and not hasattr(fused._scratch, "buffers")
 
 
-@pytest.mark.parametrize("method", ["exp_in_place", "softmax_in_place"])
-def test_both_torch_exponentiations_keep_the_kernel_contract(method):
-    """x <- exp(x - shift) with sums returned; rows of -inf (no candidates) become 0 with finite numbers.
+@pytest.mark.parametrize("method", ["numpy", "exp_in_place", "softmax_in_place"])
+def test_every_exponentiation_keeps_the_kernel_contract(method):
+    """Given the row maxima: x <- exp(x - shift) in place, returning the rows' log-sum-exp and sums.
 
-    The kernel takes `softmax_in_place` on the CPU and `exp_in_place` elsewhere: both run here."""
-    torch = pytest.importorskip("torch")
-    from hcl_array.backends._torch_fused import TorchOps
-
+    Torch takes `softmax_in_place` on the CPU and `exp_in_place` elsewhere: both run here."""
     rng = np.random.default_rng(14)
     x = rng.normal(size=(5, 7)) * 30.0
-    x[1, [0, 3]] = -np.inf
-    x[3] = -np.inf
-    tensor = torch.tensor(x)
-    shift, total = getattr(TorchOps, method)(tensor)
-    assert torch.isfinite(shift).all() and torch.isfinite(tensor).all()
-    live = np.isfinite(x).any(axis=1)
-    reference_lse = np.log(np.exp(x[live] - x[live].max(1, keepdims=True)).sum(1)) + x[live].max(1)
-    np.testing.assert_allclose((shift + torch.log(total)).numpy()[live, 0], reference_lse, rtol=1e-13)
-    np.testing.assert_allclose(tensor.numpy()[live], np.exp(x[live] - shift.numpy()[live]), rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(tensor.sum(1, keepdim=True).numpy()[live], total.numpy()[live], rtol=1e-13)
-    assert np.all(tensor.numpy()[~live] == 0.0) and np.all(total.numpy()[~live] == 1.0)  # 1: no log 0 later
+    x[1, [0, 3]] = -np.inf  # masked candidates
+    x[3, 1:] = -np.inf  # a single candidate
+    reference_lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    if method == "numpy":
+        out, peak = x.copy(), x.max(1, keepdims=True)
+        lse, total = fused.NumpyOps(np).exp_shifted_(out, peak)
+    else:
+        torch = pytest.importorskip("torch")
+        from hcl_array.backends._torch_fused import TorchOps
+
+        out = torch.tensor(x)
+        lse, total = getattr(TorchOps, method)(out, out.amax(1, keepdim=True))
+        out, lse, total = out.numpy(), lse.numpy(), total if isinstance(total, float) else total.numpy()
+    np.testing.assert_allclose(lse[:, 0], reference_lse, rtol=1e-13)
+    np.testing.assert_allclose(out / total, np.exp(x - reference_lse[:, None]), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(out.sum(1, keepdims=True), np.broadcast_to(total, (5, 1)), rtol=1e-13)

@@ -24,6 +24,8 @@ __all__ = ["TorchOps", "FusedLoss", "fused_loss"]
 class TorchOps:
     """The kernel's framework-specific operations, in place where torch allows it."""
 
+    module = torch
+
     @staticmethod
     def empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         return like.new_empty(shape)
@@ -37,44 +39,68 @@ class TorchOps:
         return like.device.type == "cpu"
 
     @staticmethod
-    def gram_into(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return torch.mm(rows, columns.T, out=out)
+    def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(dim=1, keepdim=True)
+
+    maximum = staticmethod(torch.clamp_min)
 
     @staticmethod
-    def scale_into(x: torch.Tensor, factor: float, out: torch.Tensor) -> torch.Tensor:
-        return torch.mul(x, factor, out=out)
+    def divide_into(x: torch.Tensor, divisor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.div(x, divisor, out=out)
 
     @staticmethod
-    def exp_shifted_(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x <- exp(x - shift) row by row, in place; returns (shift, row sums of the result)."""
-        return (TorchOps.softmax_in_place if x.device.type == "cpu" else TorchOps.exp_in_place)(x)
+    def gram_operands(u: torch.Tensor, factor: float) -> tuple[torch.Tensor, float]:
+        return u, factor  # the factor rides on the product's alpha
 
     @staticmethod
-    def exp_in_place(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """shift = the row max (the lowest float for an all -inf row, so nothing becomes NaN); sums >= 1."""
-        shift = x.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)
-        return shift, x.sub_(shift).exp_().sum(dim=1, keepdim=True).clamp_min_(1.0)
+    def gram_into(rows: torch.Tensor, columns: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+        return out.addmm_(rows, columns.T, beta=0.0, alpha=alpha)  # beta = 0: out's old contents are never read
 
     @staticmethod
-    def softmax_in_place(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """shift = LSE, so x becomes softmax(x) and the sums are 1: on the CPU torch's softmax kernel
-        exponentiates about twice as fast as exp_ (measured: 90 vs 165 us per 512 x 512 pass)."""
-        peak = x.amax(dim=1, keepdim=True)
-        torch.softmax(x, dim=1, out=x)  # in place: the CPU kernel reads each element before writing it
-        log_sum_exp = peak - torch.log(x.amax(dim=1, keepdim=True))  # softmax at the max is exp(max - LSE)
-        empty = peak == -math.inf  # a row without candidates: softmax gives NaN there
-        if bool(empty.any()):
-            x.masked_fill_(empty, 0.0)
-            log_sum_exp = torch.where(empty, torch.finfo(x.dtype).min, log_sum_exp)
-        return log_sum_exp, torch.ones_like(log_sum_exp)
+    def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.mm(a, b, out=out)
 
     @staticmethod
     def add_matmul_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out.addmm_(a, b)
 
     @staticmethod
+    def row_max(x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=1, keepdim=True)
+
+    @staticmethod
+    def exp_shifted_(x: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """x <- exp(x - shift) row by row, in place, for finite row maxima `peak`; returns (log-sum-exp, row sums)."""
+        return (TorchOps.softmax_in_place if x.device.type == "cpu" else TorchOps.exp_in_place)(x, peak)
+
+    @staticmethod
+    def exp_in_place(x: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """shift = the row max."""
+        sums = x.sub_(peak).exp_().sum(dim=1, keepdim=True)
+        return peak + torch.log(sums), sums
+
+    @staticmethod
+    def softmax_in_place(x: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """shift = the log-sum-exp, so x becomes softmax(x) and the sums are 1: on the CPU torch's softmax
+        kernel exponentiates about twice as fast as exp_ (measured: 90 vs 165 us per 512 x 512 pass)."""
+        torch.softmax(x, dim=1, out=x)  # in place: the CPU kernel reads each element before writing it
+        return peak - torch.log(x.amax(dim=1, keepdim=True)), 1.0  # softmax at the max is exp(max - LSE)
+
+    @staticmethod
+    def scale_into(x: torch.Tensor, factor: float, out: torch.Tensor) -> torch.Tensor:
+        return torch.mul(x, factor, out=out)
+
+    @staticmethod
+    def fill_diagonal_(x: torch.Tensor, offset: int, value: float) -> None:
+        x.diagonal(offset).fill_(value)
+
+    @staticmethod
     def add_transpose_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return torch.add(x, x.T, out=out)
+
+    @staticmethod
+    def pull_back(grad_u: torch.Tensor, u: torch.Tensor, radial: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(grad_u, u, radial, value=-1.0).mul_(factor)
 
     @staticmethod
     def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -89,12 +115,12 @@ class TorchOps:
         return x.to(like.dtype)
 
     @staticmethod
-    def same_id_groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def same_id_groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         sorted_ids, order = torch.sort(ids, stable=True)
         _, group, counts = torch.unique_consecutive(sorted_ids, return_inverse=True, return_counts=True)
         start, size = torch.empty_like(order), torch.empty_like(order)
         start[order], size[order] = (torch.cumsum(counts, 0) - counts)[group], counts[group]
-        return order, start, size
+        return order, start, size, counts.shape[0]
 
     @staticmethod
     def repeat_rows(sizes: torch.Tensor, total: int) -> torch.Tensor:
