@@ -9,8 +9,8 @@ Why a second implementation exists (measured: docs/performance.md):
 
 - The array API has no in-place `exp`, no `out=`, no gather or scatter. Written with it, the loss
   makes about 30 fresh (N, N) temporaries; on a CPU each one is a page-faulting allocation and a
-  memory pass, which cost more than the arithmetic. Here two (rows, N) buffers are allocated once
-  and everything happens in them.
+  memory pass, which cost more than the arithmetic. Here everything happens in place in two
+  (rows, N) buffers, and u and dL/du have (N, d) buffers; all of them are reused from call to call.
 - Only the |P| positive pairs need l_ij = softplus(c_i - s_ij). The standard cannot gather a
   data-dependent set, so it evaluates the softplus over all N^2 pairs; this kernel enumerates the
   same-id pairs from the sorted ids (O(N log N + |P|), no (N, N) mask) and uses them both for the
@@ -82,9 +82,8 @@ class NumpyOps:
     def on_cpu(self, like: Array) -> bool:
         return self.np is np
 
-    def row_dots(self, a: Array, b: Array) -> Array:
-        """(N, 1) sums of a * b along the rows, without an (N, d) temporary."""
-        return self.np.einsum("ij,ij->i", a, b)[:, None]
+    def row_norms(self, x: Array) -> Array:
+        return self.np.sqrt(self.np.einsum("ij,ij->i", x, x))[:, None]  # einsum: no (N, d) temporary
 
     def maximum(self, x: Array, floor: float) -> Array:
         return self.np.maximum(x, floor)
@@ -124,12 +123,21 @@ class NumpyOps:
     def add_transpose_into(self, x: Array, out: Array) -> Array:
         return self.np.add(x, x.T, out=out)
 
-    def pull_back(self, grad_u: Array, u: Array, radial: Array, factor: Array) -> Array:
-        """A fresh (grad_u - u * radial) * factor."""
-        out = u * radial
+    def pull_back(self, grad_u: Array, u: Array, keep_radial: Array, factor: Array) -> Array:
+        """A fresh (grad_u - u (u . grad_u) keep_radial) factor, row by row."""
+        out = u * (self.np.einsum("ij,ij->i", u, grad_u)[:, None] * keep_radial)
         self.np.subtract(grad_u, out, out=out)
         out *= factor
         return out
+
+    def take(self, x: Array, index: Array) -> Array:
+        return x[index]
+
+    def fill_at_(self, x: Array, index: Array, value: float) -> None:
+        x[index] = value
+
+    def subtract_at_(self, x: Array, index: Array, values: Array) -> None:
+        x[index] -= values  # unique indices: nothing to accumulate
 
     def sum_by_row(self, values: Array, rows: Array, num_rows: int) -> Array:
         return self.np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
@@ -146,13 +154,11 @@ class NumpyOps:
     def astype(self, x: Array, like: Array) -> Array:
         return x.astype(like.dtype)
 
-    def same_id_groups(self, ids: Array) -> tuple[Array, Array, Array, int]:
-        """(rows sorted by id, each row's first sorted position of its id, each row's id count, #ids)."""
+    def same_id_groups(self, ids: Array) -> tuple[Array, Array, Array]:
+        """(rows sorted by id, and for each row the first and one-past-last sorted position of its id)."""
         order = self.np.argsort(ids, kind="stable")
-        _, group, counts = self.np.unique(ids[order], return_inverse=True, return_counts=True)
-        start, size = self.np.empty_like(order), self.np.empty_like(order)
-        start[order], size[order] = (self.np.cumsum(counts) - counts)[group], counts[group]
-        return order, start, size, counts.shape[0]
+        sorted_ids = ids[order]
+        return order, self.np.searchsorted(sorted_ids, ids, side="left"), self.np.searchsorted(sorted_ids, ids, side="right")
 
     def repeat_rows(self, sizes: Array, total: int) -> Array:
         """[0] * sizes[0] + [1] * sizes[1] + ... (by search: CuPy's repeat takes no array of counts)."""
@@ -188,12 +194,13 @@ class _Batch:
     @classmethod
     def of(cls, ids: Array, config: TiledConfig, like: Array, ops: Any) -> _Batch:
         n = ids.shape[0]
-        order, group_start, group_size, num_ids = ops.same_id_groups(ids)
+        order, group_start, group_end = ops.same_id_groups(ids)
+        group_size = group_end - group_start
         pair_end = ops.cumsum(group_size)
         pair_offsets = [0, *ops.to_list(pair_end)]
         not_self = 0 if config.include_self else 1
         if config.candidates == "other-ids":
-            empty = num_ids == 1
+            empty = pair_offsets[-1] == n * n  # one id for every row
             log_num_candidates = 0.0 if empty else ops.log(ops.astype(n - group_size, like))[:, None]
         else:
             empty = n - not_self == 0
@@ -207,7 +214,7 @@ class _Batch:
         return cls(
             empty=empty or count == 0, log_num_candidates=log_num_candidates, row_weight=row_weight,
             scale=1.0 / max(count, 1), order=order, group_size=group_size,
-            pair_base=group_start - (pair_end - group_size), pair_offsets=pair_offsets,
+            pair_base=group_end - pair_end, pair_offsets=pair_offsets,
         )
 
     def log_candidates(self, first_row: int, last_row: int) -> Array | float:
@@ -218,7 +225,7 @@ class _Batch:
         """(row within the block, column) of every pair of rows sharing an id, the pair (i, i) included."""
         number = ops.arange(self.pair_offsets[first_row], self.pair_offsets[last_row], self.order)
         local_row = ops.repeat_rows(self.group_size[first_row:last_row], number.shape[0])
-        return local_row, self.order[number + self.pair_base[first_row:last_row][local_row]]
+        return local_row, ops.take(self.order, number + ops.take(self.pair_base[first_row:last_row], local_row))
 
 
 #: Per thread, the kernel keeps its scratch buffers (the (rows, N) blocks, and u and dL/du) for the
@@ -271,9 +278,10 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
         b = min(a + rows_per_block, n)
         tilted = ops.gram_into(u[a:b], columns, alpha, tilted_buffer[: b - a])
         same_row, same_col = batch.same_id_pairs(a, b, ops)
-        similarity = tilted[same_row, same_col] / tilt  # s_ij on the same-id pairs, before the masking
+        pairs, flat = same_row * n + same_col, tilted.reshape(-1)  # 1-D gathers are the fastest on torch
+        similarity = ops.take(flat, pairs) / tilt  # s_ij on the same-id pairs, before the masking
         if config.candidates == "other-ids":
-            tilted[same_row, same_col] = -math.inf  # exp gives exact zeros off the candidates
+            ops.fill_at_(flat, pairs, -math.inf)  # exp gives exact zeros off the candidates
         elif not config.include_self:
             ops.fill_diagonal_(tilted, a, -math.inf)
         peak = ops.row_max(tilted)  # finite: every row has a candidate (batch.empty is False)
@@ -293,11 +301,11 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
             log_lambda = batch.log_candidates(a, b)
         anchor_term = (log_sum + (log_lambda - log_normalizer))[:, 0]
 
-        pair_weight = None if batch.row_weight is None else batch.row_weight[a:b][same_row]
+        pair_weight = None if batch.row_weight is None else ops.take(batch.row_weight[a:b], same_row)
         if not config.include_self:  # (i, i) is not a positive: weight 0 (cheaper than filtering the pairs out)
             not_self = ops.astype(same_row + a != same_col, u)
             pair_weight = not_self if pair_weight is None else pair_weight * not_self
-        margin = anchor_term[same_row] - similarity
+        margin = ops.take(anchor_term, same_row) - similarity
         if config.form == "supcon":  # l = c - s
             loss, dl_dc = margin, pair_weight
         else:  # l = softplus(c - s)
@@ -314,7 +322,7 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
         if slope:
             weights *= anchor_grad * (slope / weights_total)
             tilted -= weights
-        tilted[same_row, same_col] -= dl_dc  # pairs are unique: no accumulation needed
+        ops.subtract_at_(flat, pairs, dl_dc)
         if symmetric:
             ops.matmul_into(ops.add_transpose_into(tilted, weights_buffer), u, grad_u)
         else:
@@ -340,7 +348,7 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_
     buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
     block_buffers = [next(buffers) for _ in block_shapes]
     if normalizing:
-        norm = ops.row_dots(z, z) ** 0.5
+        norm = ops.row_norms(z)
         floor = _norm_floor(config.normalize, z.dtype, ops.module)
         divisor = ops.maximum(norm, floor)
         u = ops.divide_into(z, divisor, next(buffers))
@@ -353,8 +361,8 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_
     factor = batch.scale / config.temperature
     if not normalizing:
         return value, grad_u * factor
-    radial = ops.row_dots(u, grad_u) * ops.astype(norm > floor, u)  # rows g leaves unscaled have no radial part
-    return value, ops.pull_back(grad_u, u, radial, factor / divisor)
+    keep_radial = ops.astype(norm > floor, u)  # rows that g leaves unscaled have no radial part
+    return value, ops.pull_back(grad_u, u, keep_radial, factor / divisor)
 
 
 def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) -> Any:

@@ -510,7 +510,7 @@ def contrastive_loss(
         raise ValueError(f"tau_plus must be in [0, 1) (the class prior of a false negative), got {tau_plus}")
     hardening = as_hardening(hardening)
     dtype = aa.accumulation_dtype(xp, z.dtype)
-    z_compute = xp.astype(z, dtype)
+    z_compute = xp.astype(z, dtype, copy=False)  # nothing below writes into it
     if return_grad and reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
 

@@ -39,8 +39,8 @@ class TorchOps:
         return like.device.type == "cpu"
 
     @staticmethod
-    def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a * b).sum(dim=1, keepdim=True)
+    def row_norms(x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x, dim=1, keepdim=True)
 
     maximum = staticmethod(torch.clamp_min)
 
@@ -99,8 +99,22 @@ class TorchOps:
         return torch.add(x, x.T, out=out)
 
     @staticmethod
-    def pull_back(grad_u: torch.Tensor, u: torch.Tensor, radial: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(grad_u, u, radial, value=-1.0).mul_(factor)
+    def pull_back(grad_u: torch.Tensor, u: torch.Tensor, keep_radial: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(u, grad_u)  # the result's own fresh memory holds the products for the row dots first
+        radial = out.sum(dim=1, keepdim=True).mul_(keep_radial)
+        return torch.addcmul(grad_u, u, radial, value=-1.0, out=out).mul_(factor)
+
+    @staticmethod
+    def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, index)
+
+    @staticmethod
+    def fill_at_(x: torch.Tensor, index: torch.Tensor, value: float) -> None:
+        x.index_fill_(0, index, value)
+
+    @staticmethod
+    def subtract_at_(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+        x.index_add_(0, index, values, alpha=-1)
 
     @staticmethod
     def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -115,12 +129,9 @@ class TorchOps:
         return x.to(like.dtype)
 
     @staticmethod
-    def same_id_groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def same_id_groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sorted_ids, order = torch.sort(ids, stable=True)
-        _, group, counts = torch.unique_consecutive(sorted_ids, return_inverse=True, return_counts=True)
-        start, size = torch.empty_like(order), torch.empty_like(order)
-        start[order], size[order] = (torch.cumsum(counts, 0) - counts)[group], counts[group]
-        return order, start, size, counts.shape[0]
+        return order, torch.searchsorted(sorted_ids, ids, side="left"), torch.searchsorted(sorted_ids, ids, side="right")
 
     @staticmethod
     def repeat_rows(sizes: torch.Tensor, total: int) -> torch.Tensor:
