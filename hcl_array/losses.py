@@ -13,11 +13,11 @@ distribution of k draws, which is the same formula with log-counts as weights.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -125,8 +125,8 @@ def _all_finite(z: Array, xp: Any) -> bool:
     One sum decides almost always (NaN and Inf propagate into it); only a non-finite sum, which a huge
     but finite z can also give, pays for the elementwise check. The sum is four times cheaper.
     """
-    with warnings.catch_warnings():  # NumPy warns when a huge finite z overflows the sum: the slow path decides
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # NumPy warns when a huge finite z overflows the sum (the slow path then decides); nothing else does
+    with np.errstate(over="ignore", invalid="ignore") if isinstance(z, np.ndarray) else contextlib.nullcontext():
         total = aa.concrete_bool(xp.isfinite(xp.sum(z, dtype=aa.accumulation_dtype(xp, z.dtype))))
     return total is not False or aa.concrete_bool(xp.all(xp.isfinite(z))) is not False
 
@@ -516,19 +516,17 @@ def contrastive_loss(
 
     from . import fused, tiled  # here, not at the top: both build on this module's helpers
 
-    rows_per_tile = tiled.resolve_tile(tile, z.shape[0], hardening=hardening, negatives=negatives,
-                                       detach_weights=detach_weights)  # fmt: skip
     n = z.shape[0]
+    rows_per_tile = tiled.resolve_tile(tile, n, hardening=hardening, negatives=negatives, detach_weights=detach_weights)
     config = tiled.TiledConfig(
-        tile=rows_per_tile or n, form=form, candidates=candidates, hardening=hardening, temperature=temperature,
-        normalize=normalize, k=None if k is None else int(k), negative_reduction=negative_reduction,
-        include_self=include_self, reduction=reduction, tau_plus=float(tau_plus),
-        slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
+        # the kernel's blocks beat one (N, N) block at every N: tile="auto" means cache-sized blocks there
+        tile=tiled.auto_tile(n) if tile == "auto" else rows_per_tile or n, form=form, candidates=candidates,
+        hardening=hardening, temperature=temperature, normalize=normalize, k=None if k is None else int(k),
+        negative_reduction=negative_reduction, include_self=include_self, reduction=reduction,
+        tau_plus=float(tau_plus), slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
     )  # fmt: skip
     if USE_FUSED_KERNEL and n > 0 and negatives == "expected" and fused.supports(config) is None:
-        # the kernel's blocks beat one (N, N) block at every N: tile="auto" means cache-sized blocks here
-        blocks = replace(config, tile=tiled.auto_tile(n)) if tile == "auto" else config
-        result = fused.fused_loss(z_compute, ids, blocks, return_grad=return_grad)
+        result = fused.fused_loss(z_compute, ids, config, return_grad=return_grad)
         if result is not None:
             return _restore_views(embeddings, *result, xp) if return_grad else result
     if rows_per_tile is not None:
@@ -560,7 +558,7 @@ def _restore_views(embeddings: Array, value: Array, grad: Array, xp: Any) -> tup
     if embeddings.ndim == 3:
         batch, views, dim = embeddings.shape
         grad = xp.permute_dims(xp.reshape(grad, (views, batch, dim)), (1, 0, 2))
-    return value, xp.astype(grad, embeddings.dtype)
+    return value, xp.astype(grad, embeddings.dtype, copy=False)
 
 
 def scl(embeddings: Array, labels: Array, /, *, temperature: float = 1.0, normalize: Normalize = "ball", **options: Any) -> Any:  # noqa: E501
