@@ -123,11 +123,11 @@ class NumpyOps:
     def add_transpose_into(self, x: Array, out: Array) -> Array:
         return self.np.add(x, x.T, out=out)
 
-    def pull_back(self, grad_u: Array, u: Array, keep_radial: Array, factor: Array) -> Array:
-        """A fresh (grad_u - u (u . grad_u) keep_radial) factor, row by row."""
+    def pull_back(self, grad_u: Array, u: Array, keep_radial: Array, divisor: Array) -> Array:
+        """A fresh (grad_u - u (u . grad_u) keep_radial) / divisor, row by row (keep_radial: booleans)."""
         out = u * (self.np.einsum("ij,ij->i", u, grad_u)[:, None] * keep_radial)
         self.np.subtract(grad_u, out, out=out)
-        out *= factor
+        out /= divisor
         return out
 
     def take(self, x: Array, index: Array) -> Array:
@@ -219,13 +219,24 @@ class _Batch:
 
     def log_candidates(self, first_row: int, last_row: int) -> Array | float:
         return self.log_num_candidates if isinstance(self.log_num_candidates, float) \
-            else self.log_num_candidates[first_row:last_row]  # fmt: skip
+            else _rows(self.log_num_candidates, first_row, last_row)  # fmt: skip
 
     def same_id_pairs(self, first_row: int, last_row: int, ops: Any) -> tuple[Array, Array]:
         """(row within the block, column) of every pair of rows sharing an id, the pair (i, i) included."""
         number = ops.arange(self.pair_offsets[first_row], self.pair_offsets[last_row], self.order)
-        local_row = ops.repeat_rows(self.group_size[first_row:last_row], number.shape[0])
-        return local_row, ops.take(self.order, number + ops.take(self.pair_base[first_row:last_row], local_row))
+        local_row = ops.repeat_rows(_rows(self.group_size, first_row, last_row), number.shape[0])
+        return local_row, ops.take(self.order, number + ops.take(_rows(self.pair_base, first_row, last_row), local_row))
+
+
+def _rows(x: Array, first: int, last: int) -> Array:
+    """x[first:last], or x itself when that is all of it: one tensor operation fewer per array in the
+    common one-block call, where each costs a few microseconds of dispatch."""
+    return x if first == 0 and last == x.shape[0] else x[first:last]
+
+
+def _over(x: Array, sums: Array | None) -> Array:
+    """x / sums, for the row sums of `exp_shifted_` (None: the rows were normalized already)."""
+    return x if sums is None else x / sums
 
 
 #: Per thread, the kernel keeps its scratch buffers (the (rows, N) blocks, and u and dL/du) for the
@@ -273,10 +284,10 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
     symmetric = grad_u is not None and rows_per_block == n <= SYMMETRIC_MAX_N
     if grad_u is not None and not symmetric:
         grad_u[...] = 0.0
-    total = 0.0
+    total = None
     for a in range(0, n, rows_per_block):
         b = min(a + rows_per_block, n)
-        tilted = ops.gram_into(u[a:b], columns, alpha, tilted_buffer[: b - a])
+        tilted = ops.gram_into(_rows(u, a, b), columns, alpha, _rows(tilted_buffer, 0, b - a))
         same_row, same_col = batch.same_id_pairs(a, b, ops)
         pairs, flat = same_row * n + same_col, tilted.reshape(-1)  # 1-D gathers are the fastest on torch
         similarity = ops.take(flat, pairs) / tilt  # s_ij on the same-id pairs, before the masking
@@ -286,9 +297,9 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
             ops.fill_diagonal_(tilted, a, -math.inf)
         peak = ops.row_max(tilted)  # finite: every row has a candidate (batch.empty is False)
         # In place: x <- exp(x - shift), returning each row's log-sum-exp and sum; the ops pick the shift
-        # (the row max, or the log-sum-exp when the softmax kernel is faster).
+        # (the row max, or the log-sum-exp when the softmax kernel is faster: then the sums are 1, None).
         if beta:  # beta s = (1 + beta) s scaled: the -inf carry over
-            weights = ops.scale_into(tilted, beta / tilt, weights_buffer[: b - a])
+            weights = ops.scale_into(tilted, beta / tilt, _rows(weights_buffer, 0, b - a))
             log_normalizer, weights_total = ops.exp_shifted_(weights, peak * (beta / tilt))
         else:
             log_normalizer = batch.log_candidates(a, b)
@@ -301,9 +312,9 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
             log_lambda = batch.log_candidates(a, b)
         anchor_term = (log_sum + (log_lambda - log_normalizer))[:, 0]
 
-        pair_weight = None if batch.row_weight is None else ops.take(batch.row_weight[a:b], same_row)
+        pair_weight = None if batch.row_weight is None else ops.take(_rows(batch.row_weight, a, b), same_row)
         if not config.include_self:  # (i, i) is not a positive: weight 0 (cheaper than filtering the pairs out)
-            not_self = ops.astype(same_row + a != same_col, u)
+            not_self = ops.astype((same_row + a if a else same_row) != same_col, u)
             pair_weight = not_self if pair_weight is None else pair_weight * not_self
         margin = ops.take(anchor_term, same_row) - similarity
         if config.form == "supcon":  # l = c - s
@@ -311,23 +322,26 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
         else:  # l = softplus(c - s)
             loss, dl_dc = ops.softplus(margin), ops.sigmoid(margin)
             dl_dc = dl_dc if pair_weight is None else pair_weight * dl_dc
-        total = total + (loss.sum() if pair_weight is None else pair_weight @ loss)
+        block_total = loss.sum() if pair_weight is None else pair_weight @ loss
+        total = block_total if total is None else total + block_total
         if grad_u is None:
             continue
         if dl_dc is None:  # supcon with every weight 1
             dl_dc = ops.module.ones_like(margin)
         # G = (1 + slope) r_i p_in - slope r_i q_in on the candidates, then -w_ij dl/dc_ij at the positives
         anchor_grad = ops.sum_by_row(dl_dc, same_row, b - a)[:, None]
-        tilted *= anchor_grad * ((1.0 + slope) / tilted_total)
         if slope:
-            weights *= anchor_grad * (slope / weights_total)
+            tilted *= _over(anchor_grad, tilted_total) * (1.0 + slope)
+            weights *= _over(anchor_grad, weights_total) * slope
             tilted -= weights
+        else:
+            tilted *= _over(anchor_grad, tilted_total)
         ops.subtract_at_(flat, pairs, dl_dc)
         if symmetric:
             ops.matmul_into(ops.add_transpose_into(tilted, weights_buffer), u, grad_u)
         else:
-            ops.add_matmul_(grad_u[a:b], tilted, u)
-            ops.add_matmul_(grad_u, tilted.T, u[a:b])
+            ops.add_matmul_(_rows(grad_u, a, b), tilted, u)
+            ops.add_matmul_(grad_u, tilted.T, _rows(u, a, b))
     return total
 
 
@@ -361,8 +375,8 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_
     factor = batch.scale / config.temperature
     if not normalizing:
         return value, grad_u * factor
-    keep_radial = ops.astype(norm > floor, u)  # rows that g leaves unscaled have no radial part
-    return value, ops.pull_back(grad_u, u, keep_radial, factor / divisor)
+    # rows that g leaves unscaled have no radial part
+    return value, ops.pull_back(grad_u, u, norm > floor, divisor * (1.0 / factor))
 
 
 def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) -> Any:
