@@ -35,7 +35,6 @@ here (NumPy, or CuPy passed as the module), `TorchOps` in `backends/_torch_fused
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import sys
@@ -350,11 +349,16 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_
 
     With u = g(z) = z / max(||z||, floor) (floor: 1 for "ball", ~0 for "sphere") and v = dL/du:
     dL/dz = (v - u (u.v) [||z|| > floor]) / max(||z||, floor).
+
+    A NaN or Inf anywhere in z makes the value NaN, which `contrastive_loss` relies on to test one
+    scalar instead of all of z: a bad row i makes its own (i, i) pair's term NaN (s_ii, or c_i, whose
+    log-sum-exp then sees NaN or inf - inf), and that term is always evaluated, with weight 0 when i
+    is not its own positive (0 * NaN = 0 * inf = NaN).
     """
     n, d = z.shape
     batch = _Batch.of(ids, config, z, ops)
-    if batch.empty:
-        return ops.zeros((), z), (ops.zeros(z.shape, z) if want_grad else None)
+    if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
+        return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
     rows_per_block = min(config.tile, n)
     two_blocks = _beta(config) or (want_grad and rows_per_block == n <= SYMMETRIC_MAX_N)
     normalizing = config.normalize != "none"
@@ -385,7 +389,8 @@ def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) 
     if is_torch_array(z):
         return importlib.import_module("hcl_array.backends._torch_fused").fused_loss(z, ids, config, return_grad=return_grad)
     if is_numpy_array(z):
-        module, place = np, contextlib.nullcontext()
+        # a NaN or Inf in z is reported by the caller's test of the value, not by warnings from in here
+        module, place = np, np.errstate(invalid="ignore", over="ignore")
     elif is_cupy_array(z):
         module, place = sys.modules["cupy"], z.device  # imported already: z is a CuPy array; buffers go to its GPU
     else:

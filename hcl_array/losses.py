@@ -101,7 +101,7 @@ def _flatten_views(z: Array, ids: Array | None, xp: Any) -> tuple[Array, Array]:
     return z, ids
 
 
-def _check_inputs(z: Array, ids: Array | None, check_finite: bool) -> tuple[Any, Array, Array]:
+def _check_inputs(z: Array, ids: Array | None) -> tuple[Any, Array, Array]:
     if not aa.is_array(z):
         raise TypeError(f"embeddings must be an array-API array (numpy, torch, jax, cupy), got {type(z).__name__}")
     if ids is not None and not aa.is_array(ids):
@@ -114,9 +114,12 @@ def _check_inputs(z: Array, ids: Array | None, check_finite: bool) -> tuple[Any,
     z, ids = _flatten_views(z, ids, xp)
     if ids.ndim != 1 or ids.shape[0] != z.shape[0]:
         raise ValueError(f"labels/ids must have shape (N,) = ({z.shape[0]},) to match embeddings, got {tuple(ids.shape)}")
-    if check_finite and not _all_finite(z, xp):
-        raise ValueError("embeddings contain NaN or Inf; check the encoder output (or pass check_finite=False)")
     return xp, z, ids
+
+
+def _reject_non_finite(z: Array, xp: Any) -> None:
+    if not _all_finite(z, xp):
+        raise ValueError("embeddings contain NaN or Inf; check the encoder output (or pass check_finite=False)")
 
 
 def _all_finite(z: Array, xp: Any) -> bool:
@@ -494,7 +497,7 @@ def contrastive_loss(
         The loss (a 0-d array, or (N,) with reduction="none") in float32 for half-precision input,
         else in the input's dtype; with return_grad, (loss, gradient shaped like embeddings).
     """
-    xp, z, ids = _check_inputs(embeddings, ids, check_finite)
+    xp, z, ids = _check_inputs(embeddings, ids)
     temperature = _check_scalar("temperature", temperature, positive=True)
     _choice("candidates", candidates, _CANDIDATES)
     _choice("normalize", normalize, _NORMALIZE)
@@ -528,7 +531,13 @@ def contrastive_loss(
     if USE_FUSED_KERNEL and n > 0 and negatives == "expected" and fused.supports(config) is None:
         result = fused.fused_loss(z_compute, ids, config, return_grad=return_grad)
         if result is not None:
+            # A NaN or Inf in z always reaches the kernel's value (fused.value_and_grad), so one scalar
+            # test replaces a pass over z; only a non-finite value pays for the full check.
+            if check_finite and not bool(xp.isfinite(result[0] if return_grad else result)):
+                _reject_non_finite(z, xp)
             return _restore_views(embeddings, *result, xp) if return_grad else result
+    if check_finite:
+        _reject_non_finite(z, xp)
     if rows_per_tile is not None:
         result = tiled.tiled_loss(z_compute, ids, config, return_grad=return_grad)
         return _restore_views(embeddings, *result, xp) if return_grad else result

@@ -228,3 +228,24 @@ def test_every_exponentiation_keeps_the_kernel_contract(method):
     np.testing.assert_allclose(lse[:, 0], reference_lse, rtol=1e-13)
     np.testing.assert_allclose(out / total, np.exp(x - reference_lse[:, None]), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(out.sum(1, keepdims=True), np.broadcast_to(total, (5, 1)), rtol=1e-13)
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("overrides", OPTIONS, ids=option_id)
+def test_one_bad_entry_anywhere_is_rejected(backend, name, overrides):
+    """The kernel path tests only its value for NaN/Inf (fused.value_and_grad's guarantee): one bad
+    entry in any row, a row without positives included, and in batches without terms, is still caught."""
+    function, extra = FUSED[name]
+    options = {**extra, **overrides}
+    z, ids = batch(11, seed=20)
+    cases = [(z, ids, row, bad) for row in (0, 4) for bad in (np.nan, np.inf, -np.inf)]  # row 0: no positive
+    cases += [(z[:5], np.zeros(5, dtype=np.int64), 2, np.nan), (z[:1], ids[:1], 0, np.inf)]  # no terms
+    for rows, labels, row, bad in cases:
+        poisoned = rows.copy()
+        poisoned[row, 1] = bad
+        if backend == "torch":
+            torch = pytest.importorskip("torch")
+            poisoned, labels = torch.tensor(poisoned), torch.tensor(labels)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            function(poisoned, labels, **options)
+        assert not np.isfinite(float(function(poisoned, labels, check_finite=False, **options)))
