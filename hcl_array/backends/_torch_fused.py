@@ -9,7 +9,6 @@ outlives the forward pass. Differentiable once (no double backward): set
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
