@@ -96,7 +96,10 @@ class NumpyOps:
         return u * factor, 1.0
 
     def gram_into(self, rows: Array, columns: Array, alpha: float, out: Array) -> Array:
-        return self.np.matmul(rows, columns.T, out=out)
+        self.np.matmul(rows, columns.T, out=out)
+        if alpha != 1.0:  # not from gram_operands, which scales the columns instead
+            out *= alpha
+        return out
 
     def matmul_into(self, a: Array, b: Array, out: Array) -> Array:
         return self.np.matmul(a, b, out=out)
