@@ -403,15 +403,25 @@ def _forward(
 def _anchor_scale(pair_counts: Array, reduction: str) -> Array:
     """The weight of each of anchor i's pairs in the loss: 1/#pairs ("mean"), 1/(|P(i)| #anchors) ("anchor_mean"),
     1/|P(i)| ("none", per-anchor values). `pair_counts` holds |P(i)| for every anchor of the batch."""
+    return _row_weight(pair_counts, reduction) / _batch_divisor(pair_counts, reduction)
+
+
+def _row_weight(pair_counts: Array, reduction: str) -> Array:
+    """The part of `_anchor_scale` an anchor's own |P(i)| decides: 1 ("mean"), else 1/|P(i)|."""
     xp = aa.namespace(pair_counts)
     if reduction == "mean":
-        total = xp.sum(pair_counts)
-        return xp.ones_like(pair_counts) / xp.maximum(total, xp.ones_like(total))
-    per_anchor_weight = 1.0 / xp.maximum(pair_counts, xp.ones_like(pair_counts))
+        return xp.ones_like(pair_counts)
+    return 1.0 / xp.maximum(pair_counts, xp.ones_like(pair_counts))
+
+
+def _batch_divisor(pair_counts: Array, reduction: str) -> Array | float:
+    """The part of `_anchor_scale` the whole batch decides: #pairs ("mean"), #anchors with pairs
+    ("anchor_mean"), 1 ("none"), at least 1. A blocked pass applies it once, after the last block."""
+    xp = aa.namespace(pair_counts)
     if reduction == "none":
-        return per_anchor_weight
-    anchors = xp.sum(xp.astype(pair_counts > 0, pair_counts.dtype))
-    return per_anchor_weight / xp.maximum(anchors, xp.ones_like(anchors))
+        return 1.0
+    count = xp.sum(pair_counts) if reduction == "mean" else xp.sum(xp.astype(pair_counts > 0, pair_counts.dtype))
+    return xp.maximum(count, xp.ones_like(count))
 
 
 def _backward(z: Array, pieces: _Pieces, *, normalize: str, temperature: float, slope: float | None) -> Array:

@@ -44,10 +44,12 @@ from .hardening import ExponentialTilt, FromCallable, Hardening, Threshold, TopK
 from .losses import (
     _anchor_scale,
     _anchor_terms,
+    _batch_divisor,
     _hardening_weights,
     _normalize_vjp,
     _pair_losses,
     _pair_masks,
+    _row_weight,
     _scaled_gram,
     _similarity_grad,
     normalize_embeddings,
@@ -199,9 +201,8 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[
                                                config.temperature, part="both")  # fmt: skip
         positive = xp.astype(positives, similarity.dtype)
         pair_count = xp.sum(positive, axis=1)
-        row_weight = xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: the zeros make no NaN
-        if config.reduction == "anchor_mean":
-            row_weight = row_weight / xp.maximum(pair_count, xp.ones_like(pair_count))
+        # l_ij is finite: the zeros make no NaN
+        row_weight = xp.astype(has_negatives, similarity.dtype) * _row_weight(pair_count, config.reduction)
         pair_weights = positive * row_weight[:, None]
         grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
                                            log_tilted, log_normalizer, config.slope)  # fmt: skip
@@ -209,8 +210,7 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[
         return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
 
     column_grad, (pair_counts, loss_sums, row_grad) = scan(body, xp.zeros_like(u), (u, ids), config.tile)
-    count = xp.sum(pair_counts) if config.reduction == "mean" else xp.sum(xp.astype(pair_counts > 0, u.dtype))
-    scale = 1.0 / xp.maximum(count, xp.ones_like(count))
+    scale = 1.0 / _batch_divisor(pair_counts, config.reduction)
     grad_u = (row_grad + column_grad) * (scale / config.temperature)
     return xp.sum(loss_sums) * scale, _normalize_vjp(z, u, grad_u, config.normalize)
 
