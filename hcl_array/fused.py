@@ -254,6 +254,11 @@ _scratch = threading.local()
 SYMMETRIC_MAX_N = 768
 
 
+def _symmetric(rows_per_block: int, n: int, want_grad: bool) -> bool:
+    """Whether dL/du comes from one product with G + G^T (one block of at most SYMMETRIC_MAX_N rows)."""
+    return want_grad and rows_per_block == n <= SYMMETRIC_MAX_N
+
+
 def _beta(config: TiledConfig) -> float:
     return config.hardening.beta if isinstance(config.hardening, ExponentialTilt) else 0.0
 
@@ -283,7 +288,7 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
     weights_buffer = spare[0] if spare else None
     rows_per_block = tilted_buffer.shape[0]
     # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
-    symmetric = grad_u is not None and rows_per_block == n <= SYMMETRIC_MAX_N
+    symmetric = _symmetric(rows_per_block, n, grad_u is not None)
     if grad_u is not None and not symmetric:
         grad_u[...] = 0.0
     total = None
@@ -363,7 +368,7 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_
     if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
     rows_per_block = min(config.tile, n)
-    two_blocks = _beta(config) or (want_grad and rows_per_block == n <= SYMMETRIC_MAX_N)
+    two_blocks = _beta(config) or _symmetric(rows_per_block, n, want_grad)  # weights, or G + G^T
     normalizing = config.normalize != "none"
     block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
     buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))

@@ -47,8 +47,7 @@ def _tiled(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array
 
 def _tiled_forward(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, Any]:
     if config.reduction != "none":  # the gradient in the same pass; the backward rule only scales it
-        value, grad = _value_and_grad(z, ids, config)
-        return value, grad
+        return _value_and_grad(z, ids, config)  # (value, residuals = dL/dz)
     value, stats = _forward(z, ids, config)
     return value, (z, ids, stats)
 
