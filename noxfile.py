@@ -1,6 +1,6 @@
 """nox sessions: each backend alone, the backends against each other, peers, docs and benchmarks.
 
-    nox                      # default: the tests on each CPU backend, then the crosscheck
+    nox                      # default: ruff, the tests on each CPU backend, then the crosscheck
     nox -s cupy              # on a machine with a CUDA GPU (skips cleanly without one)
     nox -s lightly           # lightly's NTXentLoss parity (needs torch 2.14.1 + torchvision 0.29.1)
     nox -s docs              # mkdocs build --strict
@@ -15,10 +15,18 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "crosscheck"]
+nox.options.sessions = ["lint", "tests", "crosscheck"]
 
 CONSTRAINTS = ("-c", "constraints-cpu.txt")
 BACKEND_EXTRAS = {"numpy": "", "array_api_strict": "", "torch": ",torch", "jax": ",jax"}
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: the lint rules and the format configured in pyproject.toml, nothing suppressed by hand."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
@@ -40,8 +48,14 @@ def crosscheck(session: nox.Session) -> None:
 def cupy(session: nox.Session) -> None:
     """CuPy on a CUDA GPU; without one the tests skip with the reason."""
     session.install(*CONSTRAINTS, "-e", ".[test,cupy]")
-    session.run("pytest", "-q", "tests/test_crosscheck.py", "tests/test_losses.py", *session.posargs,
-                env={"HCL_BACKENDS": "numpy,cupy"})  # fmt: skip
+    session.run(
+        "pytest",
+        "-q",
+        "tests/test_crosscheck.py",
+        "tests/test_losses.py",
+        *session.posargs,
+        env={"HCL_BACKENDS": "numpy,cupy"},
+    )
 
 
 @nox.session(default=False)
@@ -49,8 +63,9 @@ def lightly(session: nox.Session) -> None:
     """lightly imports torchvision, which needs the torch build it was made for (not the CPU pin)."""
     session.install("torch==2.14.1", "torchvision==0.29.1", "lightly")
     session.install("-e", ".[test-core]")
-    session.run("pytest", "-q", "tests/test_peers.py", "-k", "lightly", *session.posargs,
-                env={"HCL_REQUIRE_LIGHTLY": "1"})  # fmt: skip
+    session.run(
+        "pytest", "-q", "tests/test_peers.py", "-k", "lightly", *session.posargs, env={"HCL_REQUIRE_LIGHTLY": "1"}
+    )
 
 
 @nox.session(default=False)

@@ -79,6 +79,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
         if device.startswith("cuda"):
             sync = torch.cuda.synchronize
         if kind == "ce":
+
             def step():
                 z = z0.clone().requires_grad_()
                 F.cross_entropy(z @ z.T / TAU, targets).backward()
@@ -91,6 +92,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
                 z = z0.clone().requires_grad_()
                 loss(z, labels).backward()
         elif kind == "matmul":
+
             def step():
                 _blocked_products(z0, tile, lambda a: a.T)
         else:
@@ -102,6 +104,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
                     hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
                 finally:
                     hcl.losses.USE_FUSED_KERNEL = True
+
         return step, sync
 
     if backend == "jax":
@@ -180,15 +183,17 @@ def _peak_device_bytes(backend: str, device: str) -> int | None:
 def interleaved_worker(spec: dict) -> dict:
     """Median seconds of several torch CPU steps timed in one process, in rotating round-robin order, so
     that the baseline and the loss share the allocator, caches and machine load of the same moments."""
-    steps = {name: _make_step(kind, "torch", spec["n"], tile, "cpu", kernel)[0]
-             for name, (kind, tile, kernel) in spec["steps"].items()}  # fmt: skip
+    steps = {
+        name: _make_step(kind, "torch", spec["n"], tile, "cpu", kernel)[0]
+        for name, (kind, tile, kernel) in spec["steps"].items()
+    }
     for step in steps.values():  # warm-up: allocator, thread pool, imports
         step()
         step()
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(spec["reps"]):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -244,13 +249,23 @@ def run(spec: dict, timeout: float) -> dict | None:
     record = run_raw(spec, timeout)
     if record is None:
         return None
-    print(f"  {record['backend']:6} {record['kind']:8} N={record['n']:>7} tile={record['tile']!s:>5}: "
-          f"{record['seconds']:.4f} s, {record['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"  {record['backend']:6} {record['kind']:8} N={record['n']:>7} tile={record['tile']!s:>5}: "
+        f"{record['seconds']:.4f} s, {record['peak_bytes'] / 2**20:.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
     return record
 
 
 def _fmt_time(record: dict | None) -> str:
-    return "-" if record is None else f"{record['seconds'] * 1e3:.1f} ms" if record["seconds"] < 1 else f"{record['seconds']:.2f} s"
+    return (
+        "-"
+        if record is None
+        else f"{record['seconds'] * 1e3:.1f} ms"
+        if record["seconds"] < 1
+        else f"{record['seconds']:.2f} s"
+    )
 
 
 def _fmt_mem(record: dict | None) -> str:
@@ -282,7 +297,7 @@ def peers_section(args: argparse.Namespace) -> list[str]:
     lines = [
         "### Issue 2: hscl vs cross-entropy and SupConLoss (torch CPU, d = 128, forward + backward)",
         "",
-        "`default` is `hcl.hscl(z, labels)` as users call it (`tile=\"auto\"`: the fused torch kernel);",
+        '`default` is `hcl.hscl(z, labels)` as users call it (`tile="auto"`: the fused torch kernel);',
         "`array-API code` is the same call with `hcl_array.losses.USE_FUSED_KERNEL = False` (autograd",
         "through the portable code that every other backend runs). Times: the four steps run interleaved in",
         f"one process, repeated in {args.processes} processes; a time is the median over processes of each",
@@ -296,25 +311,40 @@ def peers_section(args: argparse.Namespace) -> list[str]:
     ]
     paths = {"default": True, "array-API code": False}
     for n in args.peer_sizes:
-        steps = {"ce": ("ce", None, True), "supcon": ("supcon", None, True),
-                 **{label: ("hscl", "auto", kernel) for label, kernel in paths.items()}}  # fmt: skip
-        timings = [timing for _ in range(args.processes)
-                   if (timing := run_raw({"n": n, "reps": 3 * _reps(args, n), "steps": steps}, args.timeout))]  # fmt: skip
+        steps = {
+            "ce": ("ce", None, True),
+            "supcon": ("supcon", None, True),
+            **{label: ("hscl", "auto", kernel) for label, kernel in paths.items()},
+        }
+        timings = [
+            timing
+            for _ in range(args.processes)
+            if (timing := run_raw({"n": n, "reps": 3 * _reps(args, n), "steps": steps}, args.timeout))
+        ]
         for timing in timings:
-            print(f"  torch interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  torch interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
+                file=sys.stderr,
+                flush=True,
+            )
         spec = {"backend": "torch", "n": n, "device": "cpu", "reps": 1}
-        memory = {name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel}, args.timeout)
-                  for name, (kind, tile, kernel) in steps.items()}  # fmt: skip
-        timed = {name: None if not timings or memory[name] is None
-                 else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
-                 for name in steps}  # fmt: skip
+        memory = {
+            name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel}, args.timeout)
+            for name, (kind, tile, kernel) in steps.items()
+        }
+        timed = {
+            name: None
+            if not timings or memory[name] is None
+            else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
+            for name in steps
+        }
         ce, supcon = timed["ce"], timed["supcon"]
         for label in paths:
             hscl = timed[label]
             lines.append(
                 f"| {n} | {label} | {_fmt_time(hscl)} | {_fmt_time(ce)} | {_fmt_time(supcon)} | "
-                f"{_ratio_spread(timings, label, 'ce')} | {_ratio_spread(timings, label, 'supcon')} | {_fmt_mem(hscl)} | "
+                f"{_ratio_spread(timings, label, 'ce')} | {_ratio_spread(timings, label, 'supcon')} | "
+                f"{_fmt_mem(hscl)} | "
                 f"{_fmt_mem(ce)} | {_fmt_mem(supcon)} | {_ratio(hscl, ce, 'peak_bytes')} | "
                 f"{_ratio(hscl, supcon, 'peak_bytes')} |"
             )
@@ -338,15 +368,22 @@ def scaling_section(args: argparse.Namespace) -> list[str]:
         for n in args.sizes:
             tile = min(auto_tile(n), n)
             large = n > 8192  # minutes per run: one timed run, no warm-up except for JAX's compilation
-            spec = {"backend": backend, "n": n, "device": "cpu", "reps": 1 if large else _reps(args, n),
-                    "warmup": backend == "jax" or not large}
+            spec = {
+                "backend": backend,
+                "n": n,
+                "device": "cpu",
+                "reps": 1 if large else _reps(args, n),
+                "warmup": backend == "jax" or not large,
+            }
             products = run({**spec, "kind": "matmul", "tile": tile}, args.timeout) if "matmul" in args.kinds else None
             supcon = None
             if backend == "torch" and n <= 8192 and "supcon" in args.kinds:
                 supcon = run({**spec, "kind": "supcon", "tile": None}, args.timeout)
             if products is not None and not {"dense", "tiled"} & set(args.kinds):  # a products-only run
-                lines.append(f"| {backend} | {n} | products | {tile} | {_fmt_time(products)} | {_fmt_mem(products)} | "
-                             f"1.00x | {_fmt_time(products)} | {_fmt_mem(products)} | - | - |")  # fmt: skip
+                lines.append(
+                    f"| {backend} | {n} | products | {tile} | {_fmt_time(products)} | {_fmt_mem(products)} | "
+                    f"1.00x | {_fmt_time(products)} | {_fmt_mem(products)} | - | - |"
+                )
             for path, path_tile in (("dense", None), ("tiled", tile)):
                 if path not in args.kinds or (path == "dense" and n > args.max_dense):
                     continue
@@ -380,15 +417,20 @@ def gpu_section(args: argparse.Namespace) -> list[str]:
     lines = ["### GPU: tiled hscl forward + backward, d = 128", ""]
     if not pairs:
         return lines + ["No GPU answered on this machine: these numbers are pending (run with a GPU present)."]
-    lines += ["| backend | N | tile | time | GPU peak memory | time / products |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "| backend | N | tile | time | GPU peak memory | time / products |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for backend, device in pairs:
         for n in args.gpu_sizes:
             tile = min(4 * auto_tile(n), n)
             spec = {"backend": backend, "n": n, "device": device, "reps": args.reps if n <= 131072 else 1}
             products = run({**spec, "kind": "matmul", "tile": tile}, args.timeout)
             record = run({**spec, "kind": "hscl", "tile": tile}, args.timeout)
-            lines.append(f"| {backend} | {n} | {tile} | {_fmt_time(record)} | {_fmt_mem(record)} | "
-                         f"{_ratio(record, products, 'seconds')} |")  # fmt: skip
+            lines.append(
+                f"| {backend} | {n} | {tile} | {_fmt_time(record)} | {_fmt_mem(record)} | "
+                f"{_ratio(record, products, 'seconds')} |"
+            )
     return lines
 
 
@@ -407,8 +449,7 @@ def environment() -> str:
 def write(tables: list[str], command: str, out: str, marker: str) -> None:
     """Replace this run's block (between its markers) in `out`, keeping everything else of the page."""
     start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
-    block = "\n".join([start, "", f"Command: `{command}`", "", f"Machine: {environment()}.", "", *tables, "",
-                       end])  # fmt: skip
+    block = "\n".join([start, "", f"Command: `{command}`", "", f"Machine: {environment()}.", "", *tables, "", end])
     if out == "-":
         print(block)
         return
@@ -435,8 +476,12 @@ def main() -> None:
     parser.add_argument("--backends", default="torch,jax,numpy")
     parser.add_argument("--kinds", default="dense,tiled,matmul,supcon", help="scaling rows to run")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per configuration (after one warm-up)")
-    parser.add_argument("--processes", type=int, default=5,
-                        help="peers section: interleaved timing processes per N (their median ratio and range)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=5,
+        help="peers section: interleaved timing processes per N (their median ratio and range)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
     parser.add_argument("--out", default="docs/performance.md", help="markdown file to update, or - for stdout")
     parser.add_argument("--marker", default="default", help="name of this run's block in --out (others are kept)")
@@ -450,8 +495,11 @@ def main() -> None:
     args.kinds = args.kinds.split(",")
     args.peer_sizes = [int(n) for n in args.peer_sizes.split(",")]
     args.gpu_sizes = [int(n) for n in args.gpu_sizes.split(",")]
-    args.sizes = ([int(n) for n in args.sizes.split(",")] if args.sizes
-                  else [1024 * 2**i for i in range(20) if 1024 * 2**i <= args.max_n])  # fmt: skip
+    args.sizes = (
+        [int(n) for n in args.sizes.split(",")]
+        if args.sizes
+        else [1024 * 2**i for i in range(20) if 1024 * 2**i <= args.max_n]
+    )
     sections = {"peers": peers_section, "scaling": scaling_section, "gpu": gpu_section}
     tables: list[str] = []
     for name in args.section.split(","):

@@ -63,10 +63,14 @@ def main() -> None:
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
 
     input_mib = args.rows * args.dim * 4 / 2**20
-    print(f"N={args.rows:,} d={args.dim} C={args.classes} float32, chunks of {args.chunk:,} rows "
-          f"(input {input_mib:.0f} MiB if materialized; never materialized here)")
-    print(f"streaming report (2 passes, includes generating the data twice): {elapsed:.1f} s wall, "
-          f"{cpu:.1f} s CPU (all threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(
+        f"N={args.rows:,} d={args.dim} C={args.classes} float32, chunks of {args.chunk:,} rows "
+        f"(input {input_mib:.0f} MiB if materialized; never materialized here)"
+    )
+    print(
+        f"streaming report (2 passes, includes generating the data twice): {elapsed:.1f} s wall, "
+        f"{cpu:.1f} s CPU (all threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     print(f"generating the data once alone: {generation:.1f} s -> metrics about {elapsed - 2 * generation:.1f} s")
     print(f"peak traced memory: {peak / 2**20:.0f} MiB; max RSS growth: {rss_growth / 1024:.0f} MiB")
     for key, value in report.items():

@@ -153,7 +153,9 @@ def run_name(config: Mapping[str, Any], path: str | Path) -> str:
 
 def _unique_names(names: Sequence[str], paths: Sequence[Path]) -> list[str]:
     """Names, with the file name appended where two runs would otherwise share a label."""
-    return [f"{name} ({path.name})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+    return [
+        f"{name} ({path.name})" if names.count(name) > 1 else name for name, path in zip(names, paths, strict=False)
+    ]
 
 
 def _num_classes(data: Embeddings, path: Path) -> int:
@@ -179,7 +181,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     """load_run for each path, named so that no two runs share a label."""
     runs = [load_run(path) for path in paths]
     names = _unique_names([run.name for run in runs], [run.path for run in runs])
-    return [Run(run.path, name, run.data, run.num_classes) for run, name in zip(runs, names)]
+    return [Run(run.path, name, run.data, run.num_classes) for run, name in zip(runs, names, strict=False)]
 
 
 def _scalars(report: Mapping[str, Any]) -> dict[str, float]:
@@ -214,11 +216,18 @@ def final_report(run: Run) -> RunReport:
         test = _scalars(test_report)
     epochs = 0 if data.class_means is None else int(data.class_means.shape[0])
     return RunReport(
-        path=run.path, name=run.name, source=data.source, config=dict(data.config), num_classes=run.num_classes,
-        dim=int(data.train_embeddings.shape[1]), epochs_recorded=epochs, train=_scalars(train), test=test,
+        path=run.path,
+        name=run.name,
+        source=data.source,
+        config=dict(data.config),
+        num_classes=run.num_classes,
+        dim=int(data.train_embeddings.shape[1]),
+        epochs_recorded=epochs,
+        train=_scalars(train),
+        test=test,
         spectrum=np.asarray(train["spectrum"], dtype=np.float64),
         significant_directions=_significant_directions(train["spectrum"]),
-    )  # fmt: skip
+    )
 
 
 def _json_number(value: float) -> float | None:

@@ -43,9 +43,15 @@ __all__ = [
 FORMAT_VERSION = 1
 _GROUPS = {"history": "history", "params": "params", "optimizer": "optimizer_state", "rng": "rng", "extra": "extra"}
 _REQUIRED = (
-    "format_version", "epoch", "train_embeddings", "train_labels", "test_embeddings", "test_labels",
-    "class_means", "config",
-)  # fmt: skip
+    "format_version",
+    "epoch",
+    "train_embeddings",
+    "train_labels",
+    "test_embeddings",
+    "test_labels",
+    "class_means",
+    "config",
+)
 
 
 class CheckpointError(ValueError):
@@ -257,8 +263,10 @@ def _validate(arrays: Mapping[str, np.ndarray], path: Path) -> None:
     means = arrays["class_means"]
     _expect(
         _is_float(means) and means.ndim == 3 and means.shape[2] == dim,
-        path, "class_means", f"must be float (epochs, classes, {dim}), got {means.dtype} {means.shape}",
-    )  # fmt: skip
+        path,
+        "class_means",
+        f"must be float (epochs, classes, {dim}), got {means.dtype} {means.shape}",
+    )
     if means.shape[0] > 0:  # an empty history (0, C, d) may not know C yet
         for key in ("train_labels", "test_labels"):
             top = int(arrays[key].max(initial=-1))
@@ -276,8 +284,10 @@ def _validate(arrays: Mapping[str, np.ndarray], path: Path) -> None:
 def _parse_json(array: np.ndarray, path: Path, key: str) -> dict[str, Any]:
     _expect(
         array.dtype.kind == "U" and array.ndim == 0,
-        path, key, f"must be a 0-d unicode array holding JSON, got {array.dtype} {array.shape}",
-    )  # fmt: skip
+        path,
+        key,
+        f"must be a 0-d unicode array holding JSON, got {array.dtype} {array.shape}",
+    )
     try:
         value = json.loads(str(array))
     except json.JSONDecodeError as error:
@@ -350,9 +360,15 @@ def load_embeddings(path: str | Path) -> Embeddings:
     if "format_version" in arrays:
         run = _checkpoint_from_arrays(path, arrays)
         return Embeddings(
-            run.train_embeddings, run.train_labels, run.test_embeddings, run.test_labels,
-            run.class_means, run.history, run.config, "checkpoint",
-        )  # fmt: skip
+            run.train_embeddings,
+            run.train_labels,
+            run.test_embeddings,
+            run.test_labels,
+            run.class_means,
+            run.history,
+            run.config,
+            "checkpoint",
+        )
     plain = dict(arrays)
     for name in ("embeddings", "labels"):
         if name in plain:
@@ -364,7 +380,12 @@ def load_embeddings(path: str | Path) -> Embeddings:
     _expect(has_test == ("test_labels" in plain), path, "test_labels", "and 'test_embeddings' must be given together")
     _validate_plain(plain, path)
     return Embeddings(
-        plain["train_embeddings"], plain["train_labels"].astype(np.int64),
-        plain["test_embeddings"] if has_test else None, plain["test_labels"].astype(np.int64) if has_test else None,
-        None, {}, {}, "embeddings",
-    )  # fmt: skip
+        plain["train_embeddings"],
+        plain["train_labels"].astype(np.int64),
+        plain["test_embeddings"] if has_test else None,
+        plain["test_labels"].astype(np.int64) if has_test else None,
+        None,
+        {},
+        {},
+        "embeddings",
+    )

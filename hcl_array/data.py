@@ -47,9 +47,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices (each sorted) holding round(test_fraction * n_c) of every class c in the test part.
 
     A class with at least two samples keeps at least one in each part when 0 < test_fraction < 1, so every
@@ -362,9 +360,7 @@ def load(name: str, **options: Any) -> Dataset:
 # Batches and views.
 
 
-def batches(
-    num_samples: int, batch_size: int, *, seed: int, epoch: int, drop_last: bool = True
-) -> list[np.ndarray]:
+def batches(num_samples: int, batch_size: int, *, seed: int, epoch: int, drop_last: bool = True) -> list[np.ndarray]:
     """Index arrays (int64) of one epoch's batches, a permutation drawn from (seed, epoch) alone.
 
     Depending on nothing but (seed, epoch) lets a resumed run draw exactly the batches an

@@ -45,9 +45,14 @@ def _uniform_layer(rng: np.random.Generator, fan_in: int, fan_out: int) -> tuple
 
 
 def init_params(
-    kind: str, *, input_dim: int, output_dim: int, num_samples: int | None = None, hidden: int = DEFAULT_HIDDEN,
+    kind: str,
+    *,
+    input_dim: int,
+    output_dim: int,
+    num_samples: int | None = None,
+    hidden: int = DEFAULT_HIDDEN,
     seed: int = 0,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """Initial parameters (NumPy float64) of an encoder, a function of (kind, sizes, seed) only.
 
     free: rows N(0, I/d), so their norms start near 1 (inside the unit ball, where its clip is active

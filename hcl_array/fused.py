@@ -160,7 +160,11 @@ class NumpyOps:
         """(rows sorted by id, and for each row the first and one-past-last sorted position of its id)."""
         order = self.np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
-        return order, self.np.searchsorted(sorted_ids, ids, side="left"), self.np.searchsorted(sorted_ids, ids, side="right")
+        return (
+            order,
+            self.np.searchsorted(sorted_ids, ids, side="left"),
+            self.np.searchsorted(sorted_ids, ids, side="right"),
+        )
 
     def repeat_rows(self, sizes: Array, total: int) -> Array:
         """[0] * sizes[0] + [1] * sizes[1] + ... (by search: CuPy's repeat takes no array of counts)."""
@@ -214,14 +218,22 @@ class _Batch:
             row_weight = 1.0 / ops.astype(pair_counts + (pair_counts == 0), like)
             count = n if config.include_self else n - int((group_size == 1).sum())
         return cls(
-            empty=empty or count == 0, log_num_candidates=log_num_candidates, row_weight=row_weight,
-            scale=1.0 / max(count, 1), order=order, group_size=group_size,
-            pair_base=group_end - pair_end, pair_offsets=pair_offsets,
+            empty=empty or count == 0,
+            log_num_candidates=log_num_candidates,
+            row_weight=row_weight,
+            scale=1.0 / max(count, 1),
+            order=order,
+            group_size=group_size,
+            pair_base=group_end - pair_end,
+            pair_offsets=pair_offsets,
         )
 
     def log_candidates(self, first_row: int, last_row: int) -> Array | float:
-        return self.log_num_candidates if isinstance(self.log_num_candidates, float) \
-            else _rows(self.log_num_candidates, first_row, last_row)  # fmt: skip
+        return (
+            self.log_num_candidates
+            if isinstance(self.log_num_candidates, float)
+            else _rows(self.log_num_candidates, first_row, last_row)
+        )
 
     def same_id_pairs(self, first_row: int, last_row: int, ops: Any) -> tuple[Array, Array]:
         """(row within the block, column) of every pair of rows sharing an id, the pair (i, i) included."""
@@ -275,8 +287,9 @@ def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any)
     return buffers
 
 
-def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Array], grad_u: Array | None,
-            ops: Any) -> Array:  # fmt: skip
+def _blocks(
+    u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Array], grad_u: Array | None, ops: Any
+) -> Array:
     """sum_i w_i sum_{j in P(i)} l_ij before the global scale; when grad_u is given, sets it to
     tau / scale * dL/du = sum over blocks of G u + G^T u."""
     n = u.shape[0]
@@ -352,7 +365,9 @@ def _blocks(u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Ar
     return total
 
 
-def value_and_grad(z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_grad: bool = True) -> tuple[Array, Array | None]:
+def value_and_grad(
+    z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_grad: bool = True
+) -> tuple[Array, Array | None]:
     """(loss, dL/dz) of `config` on (N, d) rows z in the compute dtype; the gradient only when want_grad.
 
     With u = g(z) = z / max(||z||, floor) (floor: 1 for "ball", ~0 for "sphere") and v = dL/du:
@@ -395,7 +410,9 @@ def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) 
     """The loss (or (loss, gradient) with return_grad) through the kernel, or None for a namespace it
     does not serve (JAX, array-api-strict). Torch goes through its autograd Function."""
     if is_torch_array(z):
-        return importlib.import_module("hcl_array.backends._torch_fused").fused_loss(z, ids, config, return_grad=return_grad)
+        return importlib.import_module("hcl_array.backends._torch_fused").fused_loss(
+            z, ids, config, return_grad=return_grad
+        )
     if is_numpy_array(z):
         # a NaN or Inf in z is reported by the caller's test of the value, not by warnings from in here
         module, place = np, np.errstate(invalid="ignore", over="ignore")

@@ -182,6 +182,8 @@ def as_hardening(hardening: Hardening | Callable[[Array], Array] | None) -> Hard
     """None -> uniform, a Hardening object -> itself, a callable eta -> FromCallable (validated)."""
     if hardening is None:
         return Uniform()
-    if isinstance(hardening, (Uniform, ExponentialTilt, Threshold, TopK, FromCallable)) or isinstance(hardening, Hardening):
+    if isinstance(hardening, (Uniform, ExponentialTilt, Threshold, TopK, FromCallable)) or isinstance(
+        hardening, Hardening
+    ):
         return hardening  # the tuple first: a runtime Protocol check inspects attributes (~10 us a call)
     return FromCallable(hardening)

@@ -14,7 +14,6 @@ distribution of k draws, which is the same formula with log-counts as weights.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +112,9 @@ def _check_inputs(z: Array, ids: Array | None) -> tuple[Any, Array, Array]:
         raise TypeError(f"labels/ids must be integers, got dtype {ids.dtype} (cast class labels with astype)")
     z, ids = _flatten_views(z, ids, xp)
     if ids.ndim != 1 or ids.shape[0] != z.shape[0]:
-        raise ValueError(f"labels/ids must have shape (N,) = ({z.shape[0]},) to match embeddings, got {tuple(ids.shape)}")
+        raise ValueError(
+            f"labels/ids must have shape (N,) = ({z.shape[0]},) to match embeddings, got {tuple(ids.shape)}"
+        )
     return xp, z, ids
 
 
@@ -164,7 +165,10 @@ def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
 
 
 def _normalize_vjp(z: Array, u: Array, grad_u: Array, mode: str) -> Array:
-    """Pull a gradient with respect to u = g(z) back to z: (v - u (u.v)) / ||z|| on the projected rows, v / floor elsewhere."""
+    """Pull a gradient with respect to u = g(z) back to z.
+
+    (v - u (u.v)) / ||z|| on the rows g projects, v / floor on the rows it leaves unscaled.
+    """
     if mode == "none":
         return grad_u
     xp = aa.namespace(z)
@@ -225,7 +229,12 @@ class _Pieces:
 
 
 def _pair_losses(
-    form: str, anchor_term: Array, similarity: Array, log_lambda: Array, tau_plus: float, temperature: float,
+    form: str,
+    anchor_term: Array,
+    similarity: Array,
+    log_lambda: Array,
+    tau_plus: float,
+    temperature: float,
     part: Literal["both", "value", "grad"] = "both",
 ) -> tuple[Array | None, Array | None, Array | None]:
     """l_ij from c_i and s_ij, with dl/dc_i and dl/ds_ij (direct), for each loss form.
@@ -242,7 +251,8 @@ def _pair_losses(
         return (c - similarity if part == "both" else None), ones, -ones
     if form == "infonce":
         return _softplus_and_slope(c - similarity, part, 1.0, -1.0)
-    # Robinson et al.: Ng = max((M E_q[e^s] - tau+ M e^{s_pos}) / (1 - tau+), M e^{-1/tau}); l = softplus(log Ng - s_pos)
+    # Robinson et al.: Ng = max((M E_q[e^s] - tau+ M e^{s_pos}) / (1 - tau+), M e^{-1/tau});
+    # l = softplus(log Ng - s_pos)
     floor = log_lambda[:, None] - 1.0 / temperature
     if tau_plus > 0:
         ratio_log = math.log(tau_plus) + log_lambda[:, None] + similarity - c  # log(tau+ M e^{s_pos} / e^c)
@@ -271,7 +281,9 @@ def _softplus_and_slope(x: Array, part: str, dx_dc: Any, dx_ds: Any) -> tuple[Ar
     return (value if part == "both" else None), sig * dx_dc, sig * dx_ds
 
 
-def _pair_masks(row_ids: Array, col_ids: Array, first_row: Any, *, candidates: str, include_self: bool) -> tuple[Array, Array]:
+def _pair_masks(
+    row_ids: Array, col_ids: Array, first_row: Any, *, candidates: str, include_self: bool
+) -> tuple[Array, Array]:
     """Positives P(i) and negative candidates N(i) of anchors first_row, first_row + 1, ... against every column.
 
     The dense path passes all rows (first_row = 0); the tiled path one block of anchor rows at a time.
@@ -288,8 +300,13 @@ def _pair_masks(row_ids: Array, col_ids: Array, first_row: Any, *, candidates: s
     return positives, candidate_mask
 
 
-def _hardening_weights(hardening: Hardening, similarity: Array, candidate_mask: Array, detach: bool) -> tuple[Array, Array]:
-    """log eta on the support {n in N(i) : eta(s_in) > 0} (0 elsewhere, so no -inf enters a gradient), and the support."""
+def _hardening_weights(
+    hardening: Hardening, similarity: Array, candidate_mask: Array, detach: bool
+) -> tuple[Array, Array]:
+    """log eta on the support {n in N(i) : eta(s_in) > 0}, and the support.
+
+    Off the support log eta is 0, not -inf, so no -inf enters a gradient.
+    """
     xp = aa.namespace(similarity)
     log_eta = hardening.log_weights(similarity, candidate_mask)
     if getattr(hardening, "positive", False):  # eta > 0 everywhere: every candidate is in the support
@@ -301,7 +318,12 @@ def _hardening_weights(hardening: Hardening, similarity: Array, candidate_mask: 
 
 
 def _anchor_terms(
-    log_weights: Array, support: Array, similarity: Array, candidate_mask: Array, *, k: int | None,
+    log_weights: Array,
+    support: Array,
+    similarity: Array,
+    candidate_mask: Array,
+    *,
+    k: int | None,
     negative_reduction: str,
 ) -> tuple[Array, Array, Array, Array, Array]:
     """c_i = log lambda_i + LSE_n(log w_in + s_in) - LSE_n(log w_in), from one anchor's full row of candidates.
@@ -322,8 +344,15 @@ def _anchor_terms(
 
 
 def _similarity_grad(
-    pair_weights: Array, dl_dc: Array, dl_ds: Array, log_weights: Array, similarity: Array, support: Array,
-    log_tilted: Array, log_normalizer: Array | None, slope: float | None,
+    pair_weights: Array,
+    dl_dc: Array,
+    dl_ds: Array,
+    log_weights: Array,
+    similarity: Array,
+    support: Array,
+    log_tilted: Array,
+    log_normalizer: Array | None,
+    slope: float | None,
 ) -> Array:
     """dL/ds_in = w_in dl/ds_in + r_i p_in (+ slope r_i (p_in - q_in)),  r_i = sum_j w_ij dl/dc_ij.
 
@@ -384,8 +413,9 @@ def _forward(
     anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
         log_weights, support, similarity, candidate_mask, k=k, negative_reduction=negative_reduction
     )
-    pair_loss, dl_dc, dl_ds = _pair_losses(form, anchor_term, similarity, log_lambda, tau_plus, temperature,
-                                           part="both" if need_grad else "value")  # fmt: skip
+    pair_loss, dl_dc, dl_ds = _pair_losses(
+        form, anchor_term, similarity, log_lambda, tau_plus, temperature, part="both" if need_grad else "value"
+    )
     pair_counts = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
     # An anchor without negatives has l = 0: a zero weight (l_ij is finite everywhere, so no NaN).
     anchor_scale = _anchor_scale(pair_counts, reduction) * xp.astype(has_negatives, similarity.dtype)
@@ -394,8 +424,15 @@ def _forward(
     value = xp.sum(weighted, axis=1) if reduction == "none" else xp.sum(weighted)
 
     pieces = _Pieces(
-        u=u, similarity=similarity, support=support, log_weights=log_weights, log_normalizer=log_normalizer,
-        log_tilted=log_tilted, pair_weights=pair_weights, dl_dc=dl_dc, dl_ds=dl_ds,
+        u=u,
+        similarity=similarity,
+        support=support,
+        log_weights=log_weights,
+        log_normalizer=log_normalizer,
+        log_tilted=log_tilted,
+        pair_weights=pair_weights,
+        dl_dc=dl_dc,
+        dl_ds=dl_ds,
     )
     return value, pieces
 
@@ -432,8 +469,9 @@ def _backward(z: Array, pieces: _Pieces, *, normalize: str, temperature: float, 
     candidate term gains beta r_i (p_in - q_in). Then dL/du = (G + G^T) u / tau, pulled back through g.
     """
     p = pieces
-    dl_dsim = _similarity_grad(p.pair_weights, p.dl_dc, p.dl_ds, p.log_weights, p.similarity, p.support,
-                               p.log_tilted, p.log_normalizer, slope)  # fmt: skip
+    dl_dsim = _similarity_grad(
+        p.pair_weights, p.dl_dc, p.dl_ds, p.log_weights, p.similarity, p.support, p.log_tilted, p.log_normalizer, slope
+    )
     grad_u = ((dl_dsim + dl_dsim.T) @ p.u) / temperature
     return _normalize_vjp(z, p.u, grad_u, normalize)
 
@@ -533,11 +571,19 @@ def contrastive_loss(
     rows_per_tile = tiled.resolve_tile(tile, n, hardening=hardening, negatives=negatives, detach_weights=detach_weights)
     config = tiled.TiledConfig(
         # the kernel's blocks beat one (N, N) block at every N: tile="auto" means cache-sized blocks there
-        tile=tiled.auto_tile(n) if tile == "auto" else rows_per_tile or n, form=form, candidates=candidates,
-        hardening=hardening, temperature=temperature, normalize=normalize, k=None if k is None else int(k),
-        negative_reduction=negative_reduction, include_self=include_self, reduction=reduction,
-        tau_plus=float(tau_plus), slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
-    )  # fmt: skip
+        tile=tiled.auto_tile(n) if tile == "auto" else rows_per_tile or n,
+        form=form,
+        candidates=candidates,
+        hardening=hardening,
+        temperature=temperature,
+        normalize=normalize,
+        k=None if k is None else int(k),
+        negative_reduction=negative_reduction,
+        include_self=include_self,
+        reduction=reduction,
+        tau_plus=float(tau_plus),
+        slope=0.0 if detach_weights else float(getattr(hardening, "slope", None) or 0.0),
+    )
     if USE_FUSED_KERNEL and n > 0 and negatives == "expected" and fused.supports(config) is None:
         result = fused.fused_loss(z_compute, ids, config, return_grad=return_grad)
         if result is not None:
@@ -553,12 +599,25 @@ def contrastive_loss(
         return _restore_views(embeddings, *result, xp) if return_grad else result
 
     value, pieces = _forward(
-        z_compute, ids, xp, form=form, candidates=candidates, hardening=hardening, temperature=temperature,
-        normalize=normalize, negatives=negatives, k=None if k is None else int(k),
-        negative_reduction=negative_reduction, include_self=include_self, reduction=reduction,
-        detach_weights=detach_weights, tau_plus=float(tau_plus), rng=rng, uniforms=uniforms,
+        z_compute,
+        ids,
+        xp,
+        form=form,
+        candidates=candidates,
+        hardening=hardening,
+        temperature=temperature,
+        normalize=normalize,
+        negatives=negatives,
+        k=None if k is None else int(k),
+        negative_reduction=negative_reduction,
+        include_self=include_self,
+        reduction=reduction,
+        detach_weights=detach_weights,
+        tau_plus=float(tau_plus),
+        rng=rng,
+        uniforms=uniforms,
         need_grad=return_grad,
-    )  # fmt: skip
+    )
     if not return_grad:
         return value
     slope = 0.0
@@ -580,66 +639,149 @@ def _restore_views(embeddings: Array, value: Array, grad: Array, xp: Any) -> tup
     return value, xp.astype(grad, embeddings.dtype, copy=False)
 
 
-def scl(embeddings: Array, labels: Array, /, *, temperature: float = 1.0, normalize: Normalize = "ball", **options: Any) -> Any:  # noqa: E501
+def scl(
+    embeddings: Array, labels: Array, /, *, temperature: float = 1.0, normalize: Normalize = "ball", **options: Any
+) -> Any:
     """Supervised contrastive loss (the paper's SCL): negatives are the other classes, eta = 1.
 
     l_ij = log(1 + lambda * mean_{n: y_n != y_i} exp(s_in - s_ij)),  j != i with y_j = y_i.
     """
-    return contrastive_loss(embeddings, labels, candidates="other-ids", temperature=temperature,
-                            normalize=normalize, **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings, labels, candidates="other-ids", temperature=temperature, normalize=normalize, **options
+    )
 
 
-def hscl(embeddings: Array, labels: Array, /, *, beta: float = 1.0, temperature: float = 1.0, normalize: Normalize = "ball", hardening: Hardening | Callable[[Array], Array] | None = None, **options: Any) -> Any:  # noqa: E501
+def hscl(
+    embeddings: Array,
+    labels: Array,
+    /,
+    *,
+    beta: float = 1.0,
+    temperature: float = 1.0,
+    normalize: Normalize = "ball",
+    hardening: Hardening | Callable[[Array], Array] | None = None,
+    **options: Any,
+) -> Any:
     """Hard-negative supervised contrastive loss (HSCL).
 
     l_ij = log(1 + lambda * E_{n ~ q_i} exp(s_in - s_ij)),  q_i(n) proportional to exp(beta * s_in)
     over the anchor's other-class rows (or to `hardening`'s eta when one is given).
     """
-    return contrastive_loss(embeddings, labels, candidates="other-ids", hardening=_tilt(beta, hardening),
-                            temperature=temperature, normalize=normalize, **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings,
+        labels,
+        candidates="other-ids",
+        hardening=_tilt(beta, hardening),
+        temperature=temperature,
+        normalize=normalize,
+        **options,
+    )
 
 
-def ucl(embeddings: Array, ids: Array, /, *, temperature: float = 1.0, normalize: Normalize = "ball", **options: Any) -> Any:  # noqa: E501
+def ucl(
+    embeddings: Array, ids: Array, /, *, temperature: float = 1.0, normalize: Normalize = "ball", **options: Any
+) -> Any:
     """Unsupervised contrastive loss (UCL): positives share the id, negatives are every other row.
 
     l_ij = log(1 + lambda * mean_{n != i} exp(s_in - s_ij)); negatives may share the anchor's class.
     """
-    return contrastive_loss(embeddings, ids, candidates="all", temperature=temperature, normalize=normalize,
-                            **options)  # fmt: skip
+    return contrastive_loss(embeddings, ids, candidates="all", temperature=temperature, normalize=normalize, **options)
 
 
-def hucl(embeddings: Array, ids: Array, /, *, beta: float = 1.0, temperature: float = 1.0, normalize: Normalize = "ball", hardening: Hardening | Callable[[Array], Array] | None = None, **options: Any) -> Any:  # noqa: E501
+def hucl(
+    embeddings: Array,
+    ids: Array,
+    /,
+    *,
+    beta: float = 1.0,
+    temperature: float = 1.0,
+    normalize: Normalize = "ball",
+    hardening: Hardening | Callable[[Array], Array] | None = None,
+    **options: Any,
+) -> Any:
     """Hard-negative unsupervised contrastive loss (HUCL): UCL with q_i(n) ~ exp(beta * s_in), n != i."""
-    return contrastive_loss(embeddings, ids, candidates="all", hardening=_tilt(beta, hardening),
-                            temperature=temperature, normalize=normalize, **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings,
+        ids,
+        candidates="all",
+        hardening=_tilt(beta, hardening),
+        temperature=temperature,
+        normalize=normalize,
+        **options,
+    )
 
 
-def supcon(embeddings: Array, labels: Array, /, *, temperature: float = 0.1, normalize: Normalize = "sphere", reduction: Reduction = "anchor_mean", **options: Any) -> Any:  # noqa: E501
+def supcon(
+    embeddings: Array,
+    labels: Array,
+    /,
+    *,
+    temperature: float = 0.1,
+    normalize: Normalize = "sphere",
+    reduction: Reduction = "anchor_mean",
+    **options: Any,
+) -> Any:
     """SupCon "L_out" (Khosla et al. 2020), as pytorch-metric-learning's SupConLoss.
 
     l_i = -(1/|P(i)|) sum_{j in P(i)} log( exp(s_ij) / sum_{a != i} exp(s_ia) ), mean over anchors.
     """
-    return contrastive_loss(embeddings, labels, candidates="all", form="supcon", temperature=temperature,
-                            normalize=normalize, reduction=reduction, **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings,
+        labels,
+        candidates="all",
+        form="supcon",
+        temperature=temperature,
+        normalize=normalize,
+        reduction=reduction,
+        **options,
+    )
 
 
-def ntxent(embeddings: Array, ids: Array | None = None, /, *, temperature: float = 0.5, normalize: Normalize = "sphere", **options: Any) -> Any:  # noqa: E501
+def ntxent(
+    embeddings: Array,
+    ids: Array | None = None,
+    /,
+    *,
+    temperature: float = 0.5,
+    normalize: Normalize = "sphere",
+    **options: Any,
+) -> Any:
     """NT-Xent (SimCLR): l_ij = -log( e^{s_ij} / (e^{s_ij} + sum_{n: id_n != id_i} e^{s_in}) ).
 
     Pass (B, 2, d) views (instance ids implied) or (N, d) rows with instance ids.
     """
-    return contrastive_loss(embeddings, ids, candidates="other-ids", temperature=temperature, normalize=normalize,
-                            **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings, ids, candidates="other-ids", temperature=temperature, normalize=normalize, **options
+    )
 
 
-def debiased_hcl(embeddings: Array, ids: Array | None = None, /, *, beta: float = 1.0, tau_plus: float = 0.1, temperature: float = 0.5, normalize: Normalize = "sphere", **options: Any) -> Any:  # noqa: E501
+def debiased_hcl(
+    embeddings: Array,
+    ids: Array | None = None,
+    /,
+    *,
+    beta: float = 1.0,
+    tau_plus: float = 0.1,
+    temperature: float = 0.5,
+    normalize: Normalize = "sphere",
+    **options: Any,
+) -> Any:
     """Debiased hard-negative loss of Robinson et al. (2021).
 
     Ng = max((M E_q[e^s] - tau_plus M e^{s_pos}) / (1 - tau_plus), M e^{-1/tau}),  M = |N(i)| (2B - 2),
     q ~ exp(beta s);  l = -log(e^{s_pos} / (e^{s_pos} + Ng)).
     """
-    return contrastive_loss(embeddings, ids, candidates="other-ids", form="debiased", hardening=_tilt(beta, None),
-                            tau_plus=tau_plus, temperature=temperature, normalize=normalize, **options)  # fmt: skip
+    return contrastive_loss(
+        embeddings,
+        ids,
+        candidates="other-ids",
+        form="debiased",
+        hardening=_tilt(beta, None),
+        tau_plus=tau_plus,
+        temperature=temperature,
+        normalize=normalize,
+        **options,
+    )
 
 
 def _tilt(beta: float, hardening: Hardening | Callable[[Array], Array] | None) -> Hardening:

@@ -786,10 +786,23 @@ def collapse_metrics(
 
 
 REPORT_KEYS = (
-    "unit_norm", "zero_sum", "equal_inner_product", "within_class_variation", "nc1", "nc1_quotient", "cdnv",
-    "equinorm", "equiangularity", "max_angle", "etf_distance", "orthogonal_frame_distance", "rankme",
-    "ncc_accuracy", "mean_classifier_accuracy", "spectrum",
-)  # fmt: skip
+    "unit_norm",
+    "zero_sum",
+    "equal_inner_product",
+    "within_class_variation",
+    "nc1",
+    "nc1_quotient",
+    "cdnv",
+    "equinorm",
+    "equiangularity",
+    "max_angle",
+    "etf_distance",
+    "orthogonal_frame_distance",
+    "rankme",
+    "ncc_accuracy",
+    "mean_classifier_accuracy",
+    "spectrum",
+)
 PROBE_KEYS = ("within_class_variation", "ncc_accuracy", "mean_classifier_accuracy")
 
 

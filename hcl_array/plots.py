@@ -55,7 +55,7 @@ def run_styles(names: Sequence[str]) -> dict[str, dict[str, object]]:
     }
 
 
-def _integer_x(axes) -> None:  # noqa: ANN001 - matplotlib Axes
+def _integer_x(axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -80,8 +80,11 @@ def spectrum_figure(
         axes.plot(index, spectrum, marker="." if len(spectrum) <= 30 else None, label=name, **styles[name])
     if num_classes is not None and num_classes > 1:
         axes.plot([1, num_classes - 1], [0.0, 0.0], **_TARGET_STYLE)
-    axes.set(title=title, xlabel="index k (singular values of cov(class means), descending)",
-             ylabel=r"$\log(\sigma_k / \sigma_{\max})$")  # fmt: skip
+    axes.set(
+        title=title,
+        xlabel="index k (singular values of cov(class means), descending)",
+        ylabel=r"$\log(\sigma_k / \sigma_{\max})$",
+    )
     _integer_x(axes)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
@@ -128,8 +131,9 @@ def conditions_figure(series: Series, styles: Mapping[str, Mapping[str, object]]
 def accuracy_figure(series: Series, styles: Mapping[str, Mapping[str, object]] | None = None) -> Figure:
     """Mean-classifier accuracy over epochs, test and train panels as recorded (higher is better, no target)."""
     keys = [key for key in ACCURACIES if any(key in s for s in series.values())]
-    return history_figure(series, keys or [ACCURACIES[0]], title="Mean-classifier accuracy (training class means)",
-                          styles=styles)
+    return history_figure(
+        series, keys or [ACCURACIES[0]], title="Mean-classifier accuracy (training class means)", styles=styles
+    )
 
 
 def nc1_etf_figure(series: Series, styles: Mapping[str, Mapping[str, object]] | None = None) -> Figure:
@@ -169,9 +173,11 @@ def write_plots(runs: Sequence[Run], directory: str | Path, *, epoch: int | None
     num_classes = _common_num_classes(runs)
     styles = run_styles([run.name for run in runs])
     final = {run.name: spectrum_at_epoch(run)[1] for run in runs}
-    _save(spectrum_figure(final, num_classes=num_classes, title="Class-mean spectrum, final embeddings",
-                          styles=styles),
-          directory / "spectrum_final.png", result)  # fmt: skip
+    _save(
+        spectrum_figure(final, num_classes=num_classes, title="Class-mean spectrum, final embeddings", styles=styles),
+        directory / "spectrum_final.png",
+        result,
+    )
     if epoch is not None:
         at_epoch = {}
         for run in runs:
@@ -180,17 +186,22 @@ def write_plots(runs: Sequence[Run], directory: str | Path, *, epoch: int | None
             except ValueError as error:  # CheckpointError: that epoch was not recorded
                 result.notes.append(f"{run.name}: no spectrum at epoch {epoch}: {error}")
         if at_epoch:
-            _save(spectrum_figure(at_epoch, num_classes=num_classes, title=f"Class-mean spectrum, epoch {epoch}",
-                                  styles=styles),
-                  directory / f"spectrum_epoch_{epoch}.png", result)  # fmt: skip
+            _save(
+                spectrum_figure(
+                    at_epoch, num_classes=num_classes, title=f"Class-mean spectrum, epoch {epoch}", styles=styles
+                ),
+                directory / f"spectrum_epoch_{epoch}.png",
+                result,
+            )
     series = {}
     for run in runs:
         history = metric_history(run)
         if history:
             series[run.name] = history
         else:
-            result.notes.append(f"{run.name}: {run.path} has no per-epoch history (plain embeddings file); "
-                                "history plots skip it")  # fmt: skip
+            result.notes.append(
+                f"{run.name}: {run.path} has no per-epoch history (plain embeddings file); history plots skip it"
+            )
     if not series:
         result.notes.append("no run has a history: conditions, accuracy and NC1/ETF plots were not drawn")
         return result

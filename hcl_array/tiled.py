@@ -57,7 +57,17 @@ from .losses import (
 
 Array = Any
 
-__all__ = ["AUTO_THRESHOLD", "TiledConfig", "auto_tile", "resolve_tile", "scan_blocks", "forward", "backward", "value_and_grad", "tiled_loss"]
+__all__ = [
+    "AUTO_THRESHOLD",
+    "TiledConfig",
+    "auto_tile",
+    "resolve_tile",
+    "scan_blocks",
+    "forward",
+    "backward",
+    "value_and_grad",
+    "tiled_loss",
+]
 
 #: tile="auto" switches to the tiled path above this many rows (the dense (N, N) matrices then pass ~1 GiB).
 AUTO_THRESHOLD = 8192  # measured faster dense than with a recomputing backward pass; above, memory wins
@@ -103,7 +113,9 @@ def _unsupported(hardening: Hardening, negatives: str, detach_weights: bool) -> 
     return None
 
 
-def resolve_tile(tile: int | str | None, n: int, *, hardening: Hardening, negatives: str, detach_weights: bool) -> int | None:
+def resolve_tile(
+    tile: int | str | None, n: int, *, hardening: Hardening, negatives: str, detach_weights: bool
+) -> int | None:
     """Rows per block for the tiled path, or None for the dense path.
 
     tile=None: dense. tile="auto": tiled with `auto_tile(n)` rows when n > AUTO_THRESHOLD and the
@@ -146,13 +158,16 @@ def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, .
 def _block(u: Array, ids: Array, first_row: Any, u_rows: Array, row_ids: Array, config: TiledConfig) -> tuple:
     """Similarity, masks and weights of one block of anchors (rows first_row, ...) against every column."""
     similarity = _scaled_gram(u_rows, u, config.temperature)
-    positives, candidate_mask = _pair_masks(row_ids, ids, first_row, candidates=config.candidates,
-                                            include_self=config.include_self)  # fmt: skip
+    positives, candidate_mask = _pair_masks(
+        row_ids, ids, first_row, candidates=config.candidates, include_self=config.include_self
+    )
     log_weights, support = _hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
     return similarity, positives, candidate_mask, log_weights, support
 
 
-def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks) -> tuple[Array, tuple]:
+def forward(
+    z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks
+) -> tuple[Array, tuple]:
     """The loss, block by block, and the (N,) per-anchor statistics the backward pass needs.
 
     Statistics: (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|).
@@ -165,8 +180,9 @@ def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., An
         anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
-        pair_loss, _, _ = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
-                                       config.temperature, part="value")  # fmt: skip
+        pair_loss, _, _ = _pair_losses(
+            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="value"
+        )
         pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
         loss_sum = xp.sum(pair_loss * xp.astype(positives, similarity.dtype), axis=1)
         loss_sum = loss_sum * xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: no NaN from the zeros
@@ -178,7 +194,9 @@ def forward(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., An
     return value, (*stats, pair_counts)
 
 
-def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks) -> tuple[Array, Array]:
+def value_and_grad(
+    z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks
+) -> tuple[Array, Array]:
     """The loss and dL/dz in one pass over the blocks, for the scalar reductions.
 
     A block's G = dL/ds is final once the block is seen, up to one global factor (1 / #pairs, or
@@ -197,15 +215,17 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[
         anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
-        pair_loss, dl_dc, dl_ds = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
-                                               config.temperature, part="both")  # fmt: skip
+        pair_loss, dl_dc, dl_ds = _pair_losses(
+            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="both"
+        )
         positive = xp.astype(positives, similarity.dtype)
         pair_count = xp.sum(positive, axis=1)
         # l_ij is finite: the zeros make no NaN
         row_weight = xp.astype(has_negatives, similarity.dtype) * _row_weight(pair_count, config.reduction)
         pair_weights = positive * row_weight[:, None]
-        grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
-                                           log_tilted, log_normalizer, config.slope)  # fmt: skip
+        grad_similarity = _similarity_grad(
+            pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
+        )
         loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
         return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
 
@@ -216,7 +236,12 @@ def value_and_grad(z: Array, ids: Array, config: TiledConfig, *, scan: Callable[
 
 
 def backward(
-    z: Array, ids: Array, stats: tuple[Array, ...], cotangent: Array, config: TiledConfig, *,
+    z: Array,
+    ids: Array,
+    stats: tuple[Array, ...],
+    cotangent: Array,
+    config: TiledConfig,
+    *,
     scan: Callable[..., Any] = scan_blocks,
 ) -> Array:
     """dL/dz for the cotangent of the loss (a scalar, or (N,) with reduction="none"), recomputing each block.
@@ -232,11 +257,13 @@ def backward(
     def body(column_grad: Array, first_row: Any, rows: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
         u_rows, row_ids, anchor_term, log_lambda, log_normalizer, log_tilted, has_negative, scale = rows
         similarity, positives, _, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
-        _, dl_dc, dl_ds = _pair_losses(config.form, anchor_term, similarity, log_lambda, config.tau_plus,
-                                       config.temperature, part="grad")  # fmt: skip
+        _, dl_dc, dl_ds = _pair_losses(
+            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="grad"
+        )
         pair_weights = xp.astype(positives, similarity.dtype) * (scale * xp.astype(has_negative, scale.dtype))[:, None]
-        grad_similarity = _similarity_grad(pair_weights, dl_dc, dl_ds, log_weights, similarity, support,
-                                           log_tilted, log_normalizer, config.slope)  # fmt: skip
+        grad_similarity = _similarity_grad(
+            pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
+        )
         return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
 
     row_arrays = (u, ids, anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_scale)

@@ -38,9 +38,14 @@ __all__ = [
 
 Array = Any
 LOSSES: dict[str, Callable[..., Any]] = {
-    "scl": losses.scl, "hscl": losses.hscl, "ucl": losses.ucl, "hucl": losses.hucl,
-    "supcon": losses.supcon, "ntxent": losses.ntxent, "debiased_hcl": losses.debiased_hcl,
-}  # fmt: skip
+    "scl": losses.scl,
+    "hscl": losses.hscl,
+    "ucl": losses.ucl,
+    "hucl": losses.hucl,
+    "supcon": losses.supcon,
+    "ntxent": losses.ntxent,
+    "debiased_hcl": losses.debiased_hcl,
+}
 HARDENED = ("hscl", "hucl", "debiased_hcl")
 INSTANCE_ID_LOSSES = ("ucl", "hucl", "ntxent", "debiased_hcl")  # with --views >= 2 positives are the other views
 TORCH_ENCODERS = ("resnet18", "resnet50")
@@ -171,9 +176,13 @@ def load_dataset(config: TrainConfig) -> datasets.Dataset:
     """The data set named by the config, from data.py (FileNotFoundError / ValueError on bad input)."""
     if config.data == "synthetic":
         return datasets.synthetic(
-            num_classes=config.classes, per_class=config.per_class, input_dim=config.input_dim,
-            separation=config.separation, noise=config.noise, seed=config.seed,
-        )  # fmt: skip
+            num_classes=config.classes,
+            per_class=config.per_class,
+            input_dim=config.input_dim,
+            separation=config.separation,
+            noise=config.noise,
+            seed=config.seed,
+        )
     if config.data == "digits":
         return datasets.digits(seed=config.seed)
     if config.data in ("cifar10", "cifar100"):
@@ -219,11 +228,15 @@ class ContrastiveObjective:
         z = self.encode(params, rows, _repeat(indices, self.views))
         return xp.reshape(z, (batch, self.views, z.shape[-1]))
 
-    def __call__(self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None) -> Array:  # noqa: E501
+    def __call__(
+        self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
+    ) -> Array:
         """The mean loss of the batch."""
         return LOSSES[self.loss](self.embed(params, x, indices), ids, uniforms=uniforms, **self.options)
 
-    def value_and_grad(self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None) -> tuple[Array, dict[str, Array]]:  # noqa: E501
+    def value_and_grad(
+        self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
+    ) -> tuple[Array, dict[str, Array]]:
         """(loss, dloss/dparams) from the loss's analytic VJP and the encoder's explicit one (no autodiff)."""
         if self.module_forward is not None:
             raise NotImplementedError("ResNet encoders have no analytic gradient: train them with --backend torch")
@@ -300,9 +313,13 @@ def _setup(config: TrainConfig) -> _Run:
     else:
         input_dim = int(np.prod(dataset.input_shape))
         initial = encoders.init_params(
-            config.encoder, input_dim=input_dim, output_dim=dim, num_samples=dataset.x_train.shape[0],
-            hidden=config.hidden, seed=config.seed,
-        )  # fmt: skip
+            config.encoder,
+            input_dim=input_dim,
+            output_dim=dim,
+            num_samples=dataset.x_train.shape[0],
+            hidden=config.hidden,
+            seed=config.seed,
+        )
         module_forward = None
     objective = ContrastiveObjective(config.encoder, config.loss, options, views, module_forward)
     params = backend.params_from_numpy(initial, config.dtype, config.device)
@@ -324,9 +341,10 @@ def _resume(run: _Run, path: str | Path) -> None:
         raise CheckpointError(f"{path}: not an `hcl train` checkpoint with parameters to resume from")
     current = dataclasses.asdict(run.config)
     differing = sorted(
-        key for key in current.keys() | saved_config.keys()
+        key
+        for key in current.keys() | saved_config.keys()
         if key not in RESUMABLE_CHANGES and current.get(key) != saved_config.get(key)
-    )  # fmt: skip
+    )
     if differing:
         details = ", ".join(f"{key}: {saved_config.get(key)!r} -> {current.get(key)!r}" for key in differing)
         raise ValueError(f"{path}: cannot resume with a different configuration ({details})")

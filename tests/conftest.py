@@ -77,4 +77,6 @@ def assert_close(actual: Any, desired: Any, *, rtol: float = 1e-10, atol: float 
         from array_api_compat import array_namespace
 
         assert array_namespace(actual) is array_namespace(xp.asarray(0.0)), "result left the input's namespace"
-    np.testing.assert_allclose(np.asarray(to_numpy(actual), dtype=np.float64), np.asarray(desired), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        np.asarray(to_numpy(actual), dtype=np.float64), np.asarray(desired), rtol=rtol, atol=atol
+    )

@@ -25,7 +25,10 @@ def normalize_rows(z: np.ndarray, mode: str) -> np.ndarray:
 
 
 def eta_weights(similarities: list[float], hardening: tuple) -> list[float]:
-    """eta(s_in) for one anchor's candidates; hardening = ("uniform",) | ("exp", beta) | ("threshold", kappa) | ("topk", k)."""
+    """eta(s_in) for one anchor's candidates.
+
+    hardening = ("uniform",) | ("exp", beta) | ("threshold", kappa) | ("topk", k).
+    """
     kind = hardening[0]
     if kind == "uniform":
         return [1.0] * len(similarities)
@@ -95,7 +98,7 @@ def naive_loss(
             if sum(weights) == 0:
                 losses.append(0.0)
                 continue
-            expectation = sum(w * math.exp(s[i][n]) for w, n in zip(weights, cands)) / sum(weights)
+            expectation = sum(w * math.exp(s[i][n]) for w, n in zip(weights, cands, strict=False)) / sum(weights)
             if form == "infonce":
                 losses.append(math.log1p(lam * expectation * math.exp(-s[i][j])))
             elif form == "supcon":

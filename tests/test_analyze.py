@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("typer")
 pytest.importorskip("matplotlib")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from hcl_array import analysis, plots  # noqa: E402
-from hcl_array.checkpoint import Checkpoint, save_checkpoint, save_embeddings  # noqa: E402
-from hcl_array.cli.app import app  # noqa: E402
-from hcl_array.metrics import collapse_report  # noqa: E402
+from hcl_array import analysis, plots
+from hcl_array.checkpoint import Checkpoint, save_checkpoint, save_embeddings
+from hcl_array.cli.app import app
+from hcl_array.metrics import collapse_report
 
 NUM_CLASSES, DIM, PER_CLASS, EPOCHS = 6, 5, 12, 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,10 +47,17 @@ def _checkpoint(path: Path, *, loss: str, beta: float, seed: int, history: bool 
             "test_mean_classifier_accuracy": np.linspace(0.2, 0.9, EPOCHS),
         }
     checkpoint = Checkpoint(
-        train_embeddings=train, train_labels=train_labels, test_embeddings=test, test_labels=test_labels,
-        class_means=means, history=recorded, config=_train_config(loss, beta),
-        params={}, optimizer_state={}, epoch=EPOCHS,
-    )  # fmt: skip
+        train_embeddings=train,
+        train_labels=train_labels,
+        test_embeddings=test,
+        test_labels=test_labels,
+        class_means=means,
+        history=recorded,
+        config=_train_config(loss, beta),
+        params={},
+        optimizer_state={},
+        epoch=EPOCHS,
+    )
     return save_checkpoint(path, checkpoint)
 
 
@@ -78,7 +85,7 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def _invoke(runner: CliRunner, *args: str):  # noqa: ANN202 - typer's Result
+def _invoke(runner: CliRunner, *args: str):
     return runner.invoke(app, ["analyze", *args])
 
 
@@ -102,7 +109,7 @@ def test_json_equals_collapse_report(runs: list[Path], runner: CliRunner, tmp_pa
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     assert [run["name"] for run in document["runs"]] == ["SCL", "HSCL beta=5"]
-    for path, run in zip(runs, document["runs"]):
+    for path, run in zip(runs, document["runs"], strict=False):
         with np.load(path) as archive:
             train = (archive["train_embeddings"], archive["train_labels"])
             test = (archive["test_embeddings"], archive["test_labels"])

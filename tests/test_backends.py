@@ -29,13 +29,18 @@ def test_missing_backend_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(registry, "_CACHE", {})
     real_find_spec = registry.importlib.util.find_spec
-    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
+    monkeypatch.setattr(
+        registry.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name)
+    )
     with pytest.raises(BackendUnavailable, match=r"needs jax, which is not installed: pip install 'hcl-array\[jax\]'"):
         get_backend("jax")
 
 
 def test_importing_the_package_and_registry_imports_no_framework() -> None:
-    code = "import sys, hcl_array, hcl_array.backends, hcl_array.training; print(sorted({'torch', 'jax', 'cupy'} & set(sys.modules)))"
+    code = (
+        "import sys, hcl_array, hcl_array.backends, hcl_array.training; "
+        "print(sorted({'torch', 'jax', 'cupy'} & set(sys.modules)))"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
 
@@ -91,7 +96,11 @@ def _gradient_sequence(steps: int = 5) -> list[np.ndarray]:
     [
         ("adam", {"lr": 1e-2}, lambda torch, p: torch.optim.Adam([p], lr=1e-2)),
         ("sgd", {"lr": 1e-2, "momentum": 0.9}, lambda torch, p: torch.optim.SGD([p], lr=1e-2, momentum=0.9)),
-        ("sgd", {"lr": 1e-2, "momentum": 0.5, "nesterov": True}, lambda torch, p: torch.optim.SGD([p], lr=1e-2, momentum=0.5, nesterov=True)),  # noqa: E501
+        (
+            "sgd",
+            {"lr": 1e-2, "momentum": 0.5, "nesterov": True},
+            lambda torch, p: torch.optim.SGD([p], lr=1e-2, momentum=0.5, nesterov=True),
+        ),
     ],
 )
 def test_optimizers_match_torch_optim(name: str, hyper: dict, torch_factory) -> None:

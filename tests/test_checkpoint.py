@@ -65,11 +65,26 @@ def test_file_layout_is_the_documented_flat_namespace(tmp_path):
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         assert keys == {
-            "format_version", "epoch", "train_embeddings", "train_labels", "test_embeddings", "test_labels",
-            "class_means", "config", "versions", "history/loss", "history/unit_norm", "history/test_accuracy",
-            "params/encoder/w1", "params/encoder/b1", "optimizer/step", "optimizer/m/encoder/w1",
-            "optimizer/v/encoder/w1", "rng/numpy_state", "extra/note_codes",
-        }  # fmt: skip
+            "format_version",
+            "epoch",
+            "train_embeddings",
+            "train_labels",
+            "test_embeddings",
+            "test_labels",
+            "class_means",
+            "config",
+            "versions",
+            "history/loss",
+            "history/unit_norm",
+            "history/test_accuracy",
+            "params/encoder/w1",
+            "params/encoder/b1",
+            "optimizer/step",
+            "optimizer/m/encoder/w1",
+            "optimizer/v/encoder/w1",
+            "rng/numpy_state",
+            "extra/note_codes",
+        }
         assert archive["config"].dtype.kind == "U" and archive["config"].shape == ()
         assert json.loads(str(archive["config"]))["data"]["name"] == "synthetic"
         assert archive["epoch"].dtype == np.int64 and archive["epoch"].shape == ()
@@ -156,8 +171,19 @@ def _save_arrays(path, checkpoint: Checkpoint | None = None, drop=(), **replace)
     return path
 
 
-@pytest.mark.parametrize("key", ["train_embeddings", "train_labels", "test_embeddings", "test_labels",
-                                 "class_means", "config", "epoch", "format_version"])  # fmt: skip
+@pytest.mark.parametrize(
+    "key",
+    [
+        "train_embeddings",
+        "train_labels",
+        "test_embeddings",
+        "test_labels",
+        "class_means",
+        "config",
+        "epoch",
+        "format_version",
+    ],
+)
 def test_missing_required_key(tmp_path, key):
     path = _save_arrays(tmp_path / "bad.npz", drop=[key])
     with pytest.raises(CheckpointError, match=f"bad.npz: '{key}' is missing"):
@@ -299,10 +325,19 @@ def test_load_embeddings_accepts_checkpoint_names_in_plain_file(tmp_path):
         ({"embeddings": np.zeros((3, 2))}, "'labels' is missing"),
         ({"embeddings": np.zeros((3, 2)), "labels": np.zeros(2, int)}, "has 2 labels for 3 rows"),
         ({"embeddings": np.zeros((3, 2)), "labels": np.zeros(3)}, "must be an integer"),
-        ({"embeddings": np.zeros((3, 2)), "labels": np.zeros(3, int), "test_embeddings": np.zeros((1, 2))},
-         "must be given together"),  # fmt: skip
-        ({"embeddings": np.zeros((3, 2)), "labels": np.zeros(3, int), "test_embeddings": np.zeros((1, 4)),
-          "test_labels": np.zeros(1, int)}, "'test_embeddings' has dimension 4"),  # fmt: skip
+        (
+            {"embeddings": np.zeros((3, 2)), "labels": np.zeros(3, int), "test_embeddings": np.zeros((1, 2))},
+            "must be given together",
+        ),
+        (
+            {
+                "embeddings": np.zeros((3, 2)),
+                "labels": np.zeros(3, int),
+                "test_embeddings": np.zeros((1, 4)),
+                "test_labels": np.zeros(1, int),
+            },
+            "'test_embeddings' has dimension 4",
+        ),
     ],
 )
 def test_load_embeddings_errors(tmp_path, arrays, message):

@@ -34,22 +34,89 @@ def test_help_explains_every_option_with_its_default() -> None:
 def test_every_option_reaches_the_run(tmp_path) -> None:
     out = tmp_path / "all.npz"
     result = invoke(
-        "--data", "synthetic", "--classes", "4", "--per-class", "12", "--input-dim", "6", "--separation", "4",
-        "--noise", "0.5", "--encoder", "linear", "--hidden", "8", "--loss", "hucl", "--beta", "2",
-        "--temperature", "0.5", "--normalize", "sphere", "--negatives", "sampled", "--k", "8", "--dim", "3",
-        "--batch-size", "16", "--epochs", "2", "--lr", "0.01", "--optimizer", "sgd", "--seed", "3",
-        "--dtype", "float64", "--device", "cpu", "--backend", "numpy", "--views", "2", "--paper",
-        "--out", str(out), "--quiet",
-    )  # fmt: skip
+        "--data",
+        "synthetic",
+        "--classes",
+        "4",
+        "--per-class",
+        "12",
+        "--input-dim",
+        "6",
+        "--separation",
+        "4",
+        "--noise",
+        "0.5",
+        "--encoder",
+        "linear",
+        "--hidden",
+        "8",
+        "--loss",
+        "hucl",
+        "--beta",
+        "2",
+        "--temperature",
+        "0.5",
+        "--normalize",
+        "sphere",
+        "--negatives",
+        "sampled",
+        "--k",
+        "8",
+        "--dim",
+        "3",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "sgd",
+        "--seed",
+        "3",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--backend",
+        "numpy",
+        "--views",
+        "2",
+        "--paper",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out), "--quiet prints only the checkpoint path"
     config = load_checkpoint(out).config["train_config"]
     expected = {
-        "data": "synthetic", "classes": 4, "per_class": 12, "input_dim": 6, "separation": 4.0, "noise": 0.5,
-        "encoder": "linear", "hidden": 8, "loss": "hucl", "beta": 2.0, "temperature": 0.5, "normalize": "sphere",
-        "negatives": "sampled", "k": 8, "dim": 3, "batch_size": 16, "epochs": 2, "lr": 0.01, "optimizer": "sgd",
-        "seed": 3, "dtype": "float64", "device": "cpu", "backend": "numpy", "views": 2, "paper": True,
-    }  # fmt: skip
+        "data": "synthetic",
+        "classes": 4,
+        "per_class": 12,
+        "input_dim": 6,
+        "separation": 4.0,
+        "noise": 0.5,
+        "encoder": "linear",
+        "hidden": 8,
+        "loss": "hucl",
+        "beta": 2.0,
+        "temperature": 0.5,
+        "normalize": "sphere",
+        "negatives": "sampled",
+        "k": 8,
+        "dim": 3,
+        "batch_size": 16,
+        "epochs": 2,
+        "lr": 0.01,
+        "optimizer": "sgd",
+        "seed": 3,
+        "dtype": "float64",
+        "device": "cpu",
+        "backend": "numpy",
+        "views": 2,
+        "paper": True,
+    }
     assert {key: config[key] for key in expected} == expected
     assert load_checkpoint(out).config["loss_options"]["include_self"] is True, "--paper applies PAPER_PRESET"
 
@@ -126,7 +193,10 @@ def test_resume_with_a_conflicting_option_is_refused(tmp_path) -> None:
     out = tmp_path / "run.npz"
     assert invoke(*SMALL, "--out", str(out), "-q").exit_code == 0
     result = invoke("--resume", str(out), "--loss", "scl")
-    assert result.exit_code != 0 and "cannot resume with a different configuration (loss: 'hscl' -> 'scl')" in result.output
+    assert (
+        result.exit_code != 0
+        and "cannot resume with a different configuration (loss: 'hscl' -> 'scl')" in result.output
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy is installed here")

@@ -32,11 +32,20 @@ def _write_python_cifar(root: Path, num_classes: int, per_batch: int = 4) -> dic
     for index, name in enumerate(files):
         pixels, fine, coarse = _fake_cifar_arrays(per_batch, num_classes, seed=index)
         if num_classes == 10:
-            batch = {b"batch_label": b"training batch", b"labels": fine.tolist(), b"data": pixels,
-                     b"filenames": [b"img_%d.png" % i for i in range(per_batch)]}  # fmt: skip
+            batch = {
+                b"batch_label": b"training batch",
+                b"labels": fine.tolist(),
+                b"data": pixels,
+                b"filenames": [b"img_%d.png" % i for i in range(per_batch)],
+            }
         else:
-            batch = {b"filenames": [b"x.png"] * per_batch, b"batch_label": b"training batch 1 of 1",
-                     b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist(), b"data": pixels}  # fmt: skip
+            batch = {
+                b"filenames": [b"x.png"] * per_batch,
+                b"batch_label": b"training batch 1 of 1",
+                b"fine_labels": fine.tolist(),
+                b"coarse_labels": coarse.tolist(),
+                b"data": pixels,
+            }
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle, protocol=2)
         written[name] = (pixels, fine)
@@ -306,7 +315,7 @@ def test_batches_reproducible_from_seed_and_epoch():
     first = data.batches(103, 10, seed=5, epoch=2)
     again = data.batches(103, 10, seed=5, epoch=2)
     assert len(first) == 10 and all(b.shape == (10,) and b.dtype == np.int64 for b in first)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=False))
     assert np.unique(np.concatenate(first)).size == 100  # no repeats within an epoch
     assert not np.array_equal(np.concatenate(first), np.concatenate(data.batches(103, 10, seed=5, epoch=3)))
     assert not np.array_equal(np.concatenate(first), np.concatenate(data.batches(103, 10, seed=6, epoch=2)))

@@ -61,8 +61,9 @@ def test_kernel_equals_the_array_api_code(backend, name, overrides, tile, monkey
     z, ids = batch(13 + len(name), seed=len(name) + 3 * len(overrides))
     options = {**extra, **overrides}
     value, grad = value_and_grad(backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **options)
-    ref_value, ref_grad = value_and_grad(backend, function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None,
-                                         **options)  # fmt: skip
+    ref_value, ref_grad = value_and_grad(
+        backend, function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None, **options
+    )
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-13)
 
@@ -79,10 +80,12 @@ def test_degenerate_batches_match(backend, name, monkeypatch):
         (rng.normal(size=(1, 3)), np.zeros(1, dtype=np.int64)),
     ):
         for tile in (None, 4):
-            value, grad = value_and_grad(backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile,
-                                         **extra)  # fmt: skip
-            ref_value, ref_grad = value_and_grad(backend, function, z, ids, kernel=False, monkeypatch=monkeypatch,
-                                                 **extra)  # fmt: skip
+            value, grad = value_and_grad(
+                backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **extra
+            )
+            ref_value, ref_grad = value_and_grad(
+                backend, function, z, ids, kernel=False, monkeypatch=monkeypatch, **extra
+            )
             assert np.isfinite(value) and np.all(np.isfinite(grad))
             np.testing.assert_allclose(value, ref_value, rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-15)
@@ -143,8 +146,9 @@ def test_extreme_temperature_and_beta_stay_finite_and_accurate():
     assert np.isfinite(value.item()) and torch.isfinite(tensor.grad).all()
     np.testing.assert_allclose(value.item(), ref_value, rtol=1e-4)
     np.testing.assert_allclose(tensor.grad.numpy(), ref_grad, rtol=2e-3, atol=1e-4 * np.abs(ref_grad).max())
-    value32, grad32 = hcl.hscl(z.astype(np.float32), ids, beta=1000.0, temperature=0.01, normalize="sphere",
-                               return_grad=True)  # fmt: skip
+    value32, grad32 = hcl.hscl(
+        z.astype(np.float32), ids, beta=1000.0, temperature=0.01, normalize="sphere", return_grad=True
+    )
     assert value32.dtype == np.float32 and np.isfinite(value32) and np.all(np.isfinite(grad32))
     np.testing.assert_allclose(float(value32), ref_value, rtol=1e-4)
 
@@ -179,7 +183,11 @@ def test_numpy_default_call_runs_the_kernel_in_cache_sized_blocks(monkeypatch):
     z, ids = batch(50, seed=11)
     seen = []
     original = fused.value_and_grad
-    monkeypatch.setattr(fused, "value_and_grad", lambda z, ids, config, *a, **k: seen.append(config.tile) or original(z, ids, config, *a, **k))
+    monkeypatch.setattr(
+        fused,
+        "value_and_grad",
+        lambda z, ids, config, *a, **k: seen.append(config.tile) or original(z, ids, config, *a, **k),
+    )
     hcl.hscl(z, ids, beta=1.0, return_grad=True)
     hcl.hscl(z, ids, beta=1.0, tile=7)
     assert seen == [hcl.tiled.auto_tile(50), 7]
@@ -228,6 +236,7 @@ def test_every_exponentiation_keeps_the_kernel_contract(method):
     np.testing.assert_allclose(lse[:, 0], reference_lse, rtol=1e-13)
     np.testing.assert_allclose(out / total, np.exp(x - reference_lse[:, None]), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(out.sum(1, keepdims=True), np.broadcast_to(total, (5, 1)), rtol=1e-13)
+
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(FUSED))

@@ -86,8 +86,9 @@ def test_gradient_through_the_weights_equals_finite_differences(name):
 def test_detached_hardening_gradients_equal_autodiff(hardening):
     z, ids = batch(seed=7)
     _, grad = hcl.contrastive_loss(z, ids, hardening=hardening, return_grad=True)
-    np.testing.assert_allclose(grad, torch_grad(hcl.contrastive_loss, z, ids, hardening=hardening), rtol=1e-10,
-                               atol=1e-13)  # fmt: skip
+    np.testing.assert_allclose(
+        grad, torch_grad(hcl.contrastive_loss, z, ids, hardening=hardening), rtol=1e-10, atol=1e-13
+    )
 
 
 def test_sampled_negatives_gradient_equals_autodiff_and_differences():
@@ -95,8 +96,9 @@ def test_sampled_negatives_gradient_equals_autodiff_and_differences():
     uniforms = np.random.default_rng(0).random((10, 6))
     options = {"beta": 2.0, "negatives": "sampled", "k": 6, "uniforms": uniforms}
     _, grad = hcl.hscl(z, ids, return_grad=True, **options)
-    np.testing.assert_allclose(grad, torch_grad(hcl.hscl, z, ids, **{**options, "uniforms": torch.tensor(uniforms)}),
-                               rtol=1e-10, atol=1e-13)  # fmt: skip
+    np.testing.assert_allclose(
+        grad, torch_grad(hcl.hscl, z, ids, **{**options, "uniforms": torch.tensor(uniforms)}), rtol=1e-10, atol=1e-13
+    )
     np.testing.assert_allclose(grad, finite_difference(lambda x: hcl.hscl(x, ids, **options), z), rtol=1e-6, atol=1e-8)
 
 
@@ -118,5 +120,6 @@ def test_jax_jit_with_sampled_negatives_from_jax_random():
 
     value = loss(jnp.asarray(z), key)
     uniforms = np.asarray(jax.random.uniform(key, (z.shape[0], 8), dtype=jnp.float64))
-    assert float(value) == pytest.approx(float(hcl.hscl(z, ids, beta=2.0, negatives="sampled", k=8,
-                                                         uniforms=uniforms)), rel=1e-12)  # fmt: skip
+    assert float(value) == pytest.approx(
+        float(hcl.hscl(z, ids, beta=2.0, negatives="sampled", k=8, uniforms=uniforms)), rel=1e-12
+    )

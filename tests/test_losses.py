@@ -33,13 +33,25 @@ NAMED = {
     "hscl": (hcl.hscl, {"candidates": "other-ids", "hardening": ("exp", 2.5)}, {"beta": 2.5}),
     "ucl": (hcl.ucl, {"candidates": "all"}, {}),
     "hucl": (hcl.hucl, {"candidates": "all", "hardening": ("exp", 2.5)}, {"beta": 2.5}),
-    "supcon": (hcl.supcon, {"candidates": "all", "form": "supcon", "temperature": 0.1, "normalize": "sphere",
-                            "reduction": "anchor_mean"}, {}),
+    "supcon": (
+        hcl.supcon,
+        {"candidates": "all", "form": "supcon", "temperature": 0.1, "normalize": "sphere", "reduction": "anchor_mean"},
+        {},
+    ),
     "ntxent": (hcl.ntxent, {"candidates": "other-ids", "temperature": 0.5, "normalize": "sphere"}, {}),
-    "debiased_hcl": (hcl.debiased_hcl, {"candidates": "other-ids", "form": "debiased", "hardening": ("exp", 1.5),
-                                        "tau_plus": 0.1, "temperature": 0.5, "normalize": "sphere"},
-                     {"beta": 1.5, "tau_plus": 0.1}),
-}  # fmt: skip
+    "debiased_hcl": (
+        hcl.debiased_hcl,
+        {
+            "candidates": "other-ids",
+            "form": "debiased",
+            "hardening": ("exp", 1.5),
+            "tau_plus": 0.1,
+            "temperature": 0.5,
+            "normalize": "sphere",
+        },
+        {"beta": 1.5, "tau_plus": 0.1},
+    ),
+}
 
 OPTION_GRID = [
     {},
@@ -62,7 +74,9 @@ def reference_options(defaults: dict, overrides: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
-@pytest.mark.parametrize("overrides", OPTION_GRID, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+@pytest.mark.parametrize(
+    "overrides", OPTION_GRID, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
+)
 def test_named_losses_match_naive_loops(xp, name, overrides):
     function, reference_defaults, extra = NAMED[name]
     z, ids = batch(seed=len(name))
@@ -86,8 +100,9 @@ def test_named_losses_match_naive_loops(xp, name, overrides):
 @pytest.mark.parametrize("candidates", ["other-ids", "all"])
 def test_hardening_functions_match_naive_loops(xp, hardening, reference, candidates):
     z, ids = batch(n=16, seed=3)
-    value = hcl.contrastive_loss(xp.asarray(z), xp.asarray(ids), hardening=hardening, candidates=candidates,
-                                 normalize="sphere")  # fmt: skip
+    value = hcl.contrastive_loss(
+        xp.asarray(z), xp.asarray(ids), hardening=hardening, candidates=candidates, normalize="sphere"
+    )
     expected = naive_loss(z, ids, hardening=reference, candidates=candidates, normalize="sphere")
     assert_close(value, expected, rtol=1e-11, xp=xp)
 
@@ -106,8 +121,15 @@ def test_sampled_negatives_match_naive_draws(xp, name, negative_reduction):
     z, ids = batch(n=12, seed=5)
     k = 9
     uniforms = np.random.default_rng(11).random((12, k))
-    value = function(xp.asarray(z), xp.asarray(ids), **extra, negatives="sampled", k=k,
-                     negative_reduction=negative_reduction, uniforms=xp.asarray(uniforms))  # fmt: skip
+    value = function(
+        xp.asarray(z),
+        xp.asarray(ids),
+        **extra,
+        negatives="sampled",
+        k=k,
+        negative_reduction=negative_reduction,
+        uniforms=xp.asarray(uniforms),
+    )
     expected = naive_loss(z, ids, **reference_defaults, k=k, negative_reduction=negative_reduction, uniforms=uniforms)
     assert_close(value, expected, rtol=1e-11, xp=xp)
 
@@ -135,13 +157,15 @@ def test_paper_preset_reproduces_the_paper_code_semantics():
     z, ids = batch(n=12, seed=9)
     uniforms = np.random.default_rng(1).random((12, 256))
     value = hcl.hscl(z, ids, beta=5.0, **{**hcl.PAPER_PRESET, "rng": None}, uniforms=uniforms)
-    expected = naive_loss(z, ids, hardening=("exp", 5.0), include_self=True, k=256, negative_reduction="mean",
-                          uniforms=uniforms)  # fmt: skip
+    expected = naive_loss(
+        z, ids, hardening=("exp", 5.0), include_self=True, k=256, negative_reduction="mean", uniforms=uniforms
+    )
     assert value == pytest.approx(expected, rel=1e-11)
     # the paper's UCL: negatives from every row, the anchor and its positives included
     value = hcl.ucl(z, ids, **{**hcl.PAPER_PRESET, "rng": None}, uniforms=uniforms)
-    expected = naive_loss(z, ids, candidates="all", include_self=True, k=256, negative_reduction="mean",
-                          uniforms=uniforms)  # fmt: skip
+    expected = naive_loss(
+        z, ids, candidates="all", include_self=True, k=256, negative_reduction="mean", uniforms=uniforms
+    )
     assert value == pytest.approx(expected, rel=1e-11)
 
 
@@ -152,8 +176,11 @@ def test_views_are_flattened_view_major(xp):
     ids = np.concatenate([np.arange(6), np.arange(6)])
     assert_close(hcl.ntxent(xp.asarray(views)), naive_loss(rows, ids, temperature=0.5, normalize="sphere"), xp=xp)
     labels = np.array([0, 0, 1, 1, 2, 2])
-    assert_close(hcl.hscl(xp.asarray(views), xp.asarray(labels), beta=2.0),
-                 naive_loss(rows, np.concatenate([labels, labels]), hardening=("exp", 2.0)), xp=xp)  # fmt: skip
+    assert_close(
+        hcl.hscl(xp.asarray(views), xp.asarray(labels), beta=2.0),
+        naive_loss(rows, np.concatenate([labels, labels]), hardening=("exp", 2.0)),
+        xp=xp,
+    )
 
 
 # --- edge cases --------------------------------------------------------------------------------------
@@ -253,7 +280,11 @@ def test_finite_check_decides_by_the_sum_but_never_misreads_an_overflow():
         (lambda z, y: hcl.contrastive_loss(z, y, hardening=3), TypeError, "hardening"),
         (lambda z, y: hcl.contrastive_loss(z, y, hardening=hd.top_k(0)), ValueError, "top_k"),
         (lambda z, y: hcl.scl(z, y, reduction="none", return_grad=True), ValueError, "scalar loss"),
-        (lambda z, y: hcl.hscl(z, y, hardening=np.exp, detach_weights=False, return_grad=True), NotImplementedError, "detach_weights=True"),
+        (
+            lambda z, y: hcl.hscl(z, y, hardening=np.exp, detach_weights=False, return_grad=True),
+            NotImplementedError,
+            "detach_weights=True",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error, message):
@@ -283,7 +314,7 @@ def test_hardening_never_lowers_the_loss(seed, n, classes, temperature, betas, n
     for plain, hard in ((hcl.scl, hcl.hscl), (hcl.ucl, hcl.hucl)):
         values = [float(hard(z, ids, beta=b, **options)) for b in sorted(betas)]
         assert values[0] >= float(plain(z, ids, **options)) * (1 - 1e-12) - 1e-12
-        assert all(b >= a * (1 - 1e-12) - 1e-12 for a, b in zip(values, values[1:]))
+        assert all(b >= a * (1 - 1e-12) - 1e-12 for a, b in zip(values, values[1:], strict=False))
 
 
 def simplex_etf(classes: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -307,16 +338,21 @@ def test_neural_collapse_attains_the_closed_form(classes, per_class, temperature
     if classes == 100 and negative_reduction == "mean":
         assert closed_form == pytest.approx(0.3106, abs=5e-5)
     for beta in (0.0, 1.0, 30.0):
-        value, grad = hcl.hscl(z, labels, beta=beta, temperature=temperature, negative_reduction=negative_reduction,
-                               return_grad=True)  # fmt: skip
+        value, grad = hcl.hscl(
+            z, labels, beta=beta, temperature=temperature, negative_reduction=negative_reduction, return_grad=True
+        )
         assert value == pytest.approx(closed_form, rel=1e-12)
         tangent = grad - np.sum(grad * z, axis=1, keepdims=True) * z
         assert np.max(np.abs(tangent)) < 1e-13
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), classes=st.integers(2, 6), per_class=st.integers(1, 4),
-       temperature=st.floats(0.1, 3.0))  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    classes=st.integers(2, 6),
+    per_class=st.integers(1, 4),
+    temperature=st.floats(0.1, 3.0),
+)
 def test_random_unit_configurations_never_beat_the_simplex(seed, classes, per_class, temperature):
     labels = np.repeat(np.arange(classes), per_class)
     z = np.random.default_rng(seed).normal(size=(classes * per_class, classes + 1))

@@ -11,17 +11,33 @@ import pytest
 
 from hcl_array import metrics
 from hcl_array.geometry import orthogonal_frame, simplex_etf
-
 from tests.conftest import assert_close
 
 CLASS_MEAN_KEYS = (
-    "unit_norm", "zero_sum", "equal_inner_product", "nc1", "nc1_quotient", "cdnv", "equinorm",
-    "equiangularity", "max_angle", "etf_distance", "orthogonal_frame_distance",
-)  # fmt: skip
+    "unit_norm",
+    "zero_sum",
+    "equal_inner_product",
+    "nc1",
+    "nc1_quotient",
+    "cdnv",
+    "equinorm",
+    "equiangularity",
+    "max_angle",
+    "etf_distance",
+    "orthogonal_frame_distance",
+)
 COLLAPSE_KEYS = (
-    "unit_norm", "zero_sum", "equal_inner_product", "within_class_variation", "nc1", "nc1_quotient", "cdnv",
-    "equinorm", "equiangularity", "etf_distance",
-)  # fmt: skip
+    "unit_norm",
+    "zero_sum",
+    "equal_inner_product",
+    "within_class_variation",
+    "nc1",
+    "nc1_quotient",
+    "cdnv",
+    "equinorm",
+    "equiangularity",
+    "etf_distance",
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +343,7 @@ def test_jax_without_x64_computes_in_float32():
 def _stream(xp, h, y, sizes, reference=None):
     def batches(rows, labels):
         bounds = np.cumsum([0, *sizes])
-        return [(xp.asarray(rows[a:b]), xp.asarray(labels[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [(xp.asarray(rows[a:b]), xp.asarray(labels[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
 
     update, probe_update = compiled(xp, metrics.collapse_update), compiled(xp, metrics.probe_update)
     state = metrics.collapse_init(6, h.shape[1], xp=xp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,6 +13,11 @@ from hcl_array import hardening as hd
 from hcl_array import tiled
 from hcl_array._array_api import to_numpy
 from tests.conftest import assert_close
+
+
+def _call(function, x, *, ids, options):
+    return function(x, ids, **options)
+
 
 NAMED = {
     "scl": (hcl.scl, {}),
@@ -87,7 +93,8 @@ def test_tiled_equals_dense_for_every_option(name, overrides):
 
 
 @pytest.mark.parametrize(
-    "hardening", [hd.threshold(1.3), hd.top_k(3), lambda s: 1.0 + np.tanh(s) if isinstance(s, np.ndarray) else None],
+    "hardening",
+    [hd.threshold(1.3), hd.top_k(3), lambda s: 1.0 + np.tanh(s) if isinstance(s, np.ndarray) else None],
     ids=["threshold", "top_k", "callable"],
 )
 @pytest.mark.parametrize("candidates", ["other-ids", "all"])
@@ -172,7 +179,7 @@ def test_jax_grad_through_custom_vjp_equals_dense_autodiff():
         tensor = torch.tensor(z, requires_grad=True)
         dense_value = function(tensor, torch.tensor(ids), **{**options, "tile": None})
         dense_value.backward()
-        step = jax.value_and_grad(lambda x: function(x, jnp.asarray(ids), **options))
+        step = jax.value_and_grad(partial(_call, function, ids=jnp.asarray(ids), options=options))
         value, grad = (jax.jit(step) if name != "hscl" else step)(jnp.asarray(z))
         np.testing.assert_allclose(float(value), float(dense_value.detach()), rtol=1e-10, err_msg=name)
         np.testing.assert_allclose(np.asarray(grad), tensor.grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=name)
@@ -189,7 +196,9 @@ def test_jax_per_anchor_values_recompute_blocks_in_the_backward_pass():
         lambda x: (hcl.hscl(x, jax.numpy.asarray(ids), beta=2.0, tile=4, reduction="none") * weights).sum()
     )(jax.numpy.asarray(z))
     tensor = torch.tensor(z, requires_grad=True)
-    reference = (hcl.hscl(tensor, torch.tensor(ids), beta=2.0, tile=None, reduction="none") * torch.tensor(weights)).sum()
+    reference = (
+        hcl.hscl(tensor, torch.tensor(ids), beta=2.0, tile=None, reduction="none") * torch.tensor(weights)
+    ).sum()
     reference.backward()
     np.testing.assert_allclose(float(value), reference.item(), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(grad), tensor.grad.numpy(), rtol=1e-10, atol=1e-13)
@@ -299,8 +308,10 @@ def test_the_core_imports_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, hcl_array, hcl_array.tiled, hcl_array.backends;"
-            "hcl_array.hscl(np.ones((5, 3)), np.array([0, 0, 1, 1, 2]), tile=2, return_grad=True);"
-            "print('torch' in sys.modules, 'jax' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, numpy as np, hcl_array, hcl_array.tiled, hcl_array.backends;"
+        "hcl_array.hscl(np.ones((5, 3)), np.array([0, 0, 1, 1, 2]), tile=2, return_grad=True);"
+        "print('torch' in sys.modules, 'jax' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]

@@ -80,10 +80,23 @@ def test_checkpoint_holds_everything_the_issue_lists(tmp_path) -> None:
     assert saved.train_embeddings.shape == (80, dim) and saved.test_embeddings.shape == (20, dim)
     assert saved.train_labels.shape == (80,) and saved.test_labels.shape == (20,)
     expected_keys = {
-        "loss", "unit_norm", "zero_sum", "equal_inner_product", "within_class_variation", "nc1", "nc1_quotient",
-        "cdnv", "equinorm", "equiangularity", "etf_distance", "rankme", "ncc_accuracy", "mean_classifier_accuracy",
-        "test_mean_classifier_accuracy", "significant_directions",
-    }  # fmt: skip
+        "loss",
+        "unit_norm",
+        "zero_sum",
+        "equal_inner_product",
+        "within_class_variation",
+        "nc1",
+        "nc1_quotient",
+        "cdnv",
+        "equinorm",
+        "equiangularity",
+        "etf_distance",
+        "rankme",
+        "ncc_accuracy",
+        "mean_classifier_accuracy",
+        "test_mean_classifier_accuracy",
+        "significant_directions",
+    }
     assert expected_keys <= saved.history.keys()
     assert all(values.shape == (3,) for values in saved.history.values())
     assert saved.config["train_config"] == dataclasses.asdict(dataclasses.replace(SMALL, dtype="float32"))
@@ -113,7 +126,9 @@ def test_free_encoder_has_no_test_embeddings() -> None:
 def test_other_data_sets_and_losses_run(tmp_path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "points.npz", x=rng.normal(size=(60, 2, 3)), y=np.repeat(np.arange(3), 20))
-    npz_run = train(TrainConfig(data="npz", data_path=str(tmp_path / "points.npz"), encoder="linear", batch_size=16, epochs=1))
+    npz_run = train(
+        TrainConfig(data="npz", data_path=str(tmp_path / "points.npz"), encoder="linear", batch_size=16, epochs=1)
+    )
     assert npz_run.checkpoint.train_embeddings.shape[1] == 2
     digits_run = train(TrainConfig(data="digits", encoder="linear", loss="supcon", batch_size=256, epochs=1))
     assert digits_run.checkpoint.train_embeddings.shape[1] == 9 and digits_run.checkpoint.test_embeddings.shape[0] > 300

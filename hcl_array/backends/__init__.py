@@ -16,9 +16,15 @@ from typing import Any
 from .base import DTYPES, Backend, BackendBase, BackendUnavailable, check_dtype
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendBase", "BackendUnavailable", "DTYPES", "check_dtype", "get_backend",
+    "BACKENDS",
+    "Backend",
+    "BackendBase",
+    "BackendUnavailable",
+    "DTYPES",
+    "check_dtype",
+    "get_backend",
     "available_backends",
-]  # fmt: skip
+]
 
 # name -> (module in this package, class, the import that must succeed, pip extra)
 BACKENDS: dict[str, tuple[str, str, str, str]] = {

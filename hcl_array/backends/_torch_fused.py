@@ -100,7 +100,9 @@ class TorchOps:
         return out.copy_(x.T).add_(x)
 
     @staticmethod
-    def pull_back(grad_u: torch.Tensor, u: torch.Tensor, keep_radial: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    def pull_back(
+        grad_u: torch.Tensor, u: torch.Tensor, keep_radial: torch.Tensor, divisor: torch.Tensor
+    ) -> torch.Tensor:
         out = torch.mul(u, grad_u)  # the result's own fresh memory holds the products for the row dots first
         radial = out.sum(dim=1, keepdim=True).mul_(keep_radial)
         return torch.addcmul(grad_u, u, radial, value=-1.0, out=out).div_(divisor)
@@ -132,7 +134,11 @@ class TorchOps:
     @staticmethod
     def same_id_groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sorted_ids, order = torch.sort(ids, stable=True)
-        return order, torch.searchsorted(sorted_ids, ids, side="left"), torch.searchsorted(sorted_ids, ids, side="right")
+        return (
+            order,
+            torch.searchsorted(sorted_ids, ids, side="left"),
+            torch.searchsorted(sorted_ids, ids, side="right"),
+        )
 
     @staticmethod
     def repeat_rows(sizes: torch.Tensor, total: int) -> torch.Tensor:

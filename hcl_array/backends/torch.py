@@ -47,8 +47,8 @@ class TorchBackend(BackendBase):
         leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
         value = fn(leaves, *args)
         grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-        zero_if_unused = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
-        return value.detach(), dict(zip(leaves, zero_if_unused))
+        zero_if_unused = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads, strict=False)]
+        return value.detach(), dict(zip(leaves, zero_if_unused, strict=False))
 
     def stop_gradient(self, x: Any) -> Any:
         """x.detach()."""

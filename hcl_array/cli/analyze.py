@@ -27,7 +27,7 @@ def _format(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def _table(reports, rows) -> Table:  # noqa: ANN001 - RunReport / comparison_rows types, imported lazily
+def _table(reports, rows) -> Table:
     table = Table(title="Final collapse metrics (train embeddings; test accuracies use the train class means)")
     table.add_column("metric", style="bold")
     table.add_column("NC target", style="dim", justify="right")
@@ -49,8 +49,9 @@ def _fail(console: Console, message: str) -> typer.Exit:
 def analyze(
     runs: Annotated[
         list[Path],
-        typer.Argument(help="Checkpoints of `hcl train` or plain embeddings .npz files (embeddings, labels).",
-                       show_default=False),
+        typer.Argument(
+            help="Checkpoints of `hcl train` or plain embeddings .npz files (embeddings, labels).", show_default=False
+        ),
     ],
     json_path: Annotated[
         Optional[str],
@@ -58,8 +59,12 @@ def analyze(
     ] = None,
     plots: Annotated[
         Optional[Path],
-        typer.Option("--plots", help="Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR.",
-                     metavar="DIR", file_okay=False),
+        typer.Option(
+            "--plots",
+            help="Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR.",
+            metavar="DIR",
+            file_okay=False,
+        ),
     ] = None,
     epoch: Annotated[
         Optional[int],

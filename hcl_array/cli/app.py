@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from .analyze import analyze
+from .backends import backends_command
+from .train import train_command
+
 app = typer.Typer(
     name="hcl",
     help="Hard-negative contrastive learning: train representations and diagnose neural vs dimensional collapse.",
@@ -12,11 +16,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each command module registers itself on `app` (one line each, below).
-from . import backends, train  # noqa: E402,F401  (hcl backends, hcl train)
-from .analyze import analyze  # noqa: E402
-
-app.command()(analyze)
+# The commands are plain functions in their own modules, registered here: this module imports them,
+# never the reverse, so the CLI has no import cycle.
+app.command("train")(train_command)
+app.command("analyze")(analyze)
+app.command("backends")(backends_command)
 
 
 def main() -> None:

@@ -7,10 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..backends import BACKENDS, available_backends, get_backend
-from .app import app
 
 
-@app.command("backends")
 def backends_command() -> None:
     """List the array backends: installed or not (with the pip extra to install), version and devices."""
     table = Table(title="hcl-array backends")

@@ -16,12 +16,17 @@ from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DATASET_NAMES
 from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, train
-from .app import app
 
 #: Errors a user can fix: shown as one line, never as a traceback.
 USER_ERRORS = (
-    ValueError, FileNotFoundError, BackendUnavailable, CheckpointError, NotImplementedError, ImportError, OSError,
-)  # fmt: skip
+    ValueError,
+    FileNotFoundError,
+    BackendUnavailable,
+    CheckpointError,
+    NotImplementedError,
+    ImportError,
+    OSError,
+)
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
 
@@ -31,25 +36,60 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-@app.command("train")
 def train_command(
     ctx: typer.Context,
-    data: str = typer.Option("synthetic", help="Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; optional x_test, y_test)."),  # noqa: E501
-    data_dir: Optional[Path] = typer.Option(None, help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"),  # noqa: E501
+    data: str = typer.Option(
+        "synthetic",
+        help=(
+            "Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; "
+            "optional x_test, y_test)."
+        ),
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"
+    ),
     data_path: Optional[Path] = typer.Option(None, help="The .npz file for --data npz. \\[default: none]"),
     classes: int = typer.Option(10, help="synthetic: number of latent classes C."),
     per_class: int = typer.Option(100, help="synthetic: samples per class (80% train, 20% test)."),
     input_dim: int = typer.Option(32, help="synthetic: input dimension."),
-    separation: float = typer.Option(3.0, help="synthetic: RMS distance between class centres, in noise standard deviations."),  # noqa: E501
+    separation: float = typer.Option(
+        3.0, help="synthetic: RMS distance between class centres, in noise standard deviations."
+    ),
     noise: float = typer.Option(1.0, help="synthetic: noise standard deviation."),
-    encoder: str = typer.Option("mlp", help="Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also resnet18, resnet50 (needs torchvision)."),  # noqa: E501
+    encoder: str = typer.Option(
+        "mlp",
+        help=(
+            "Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also "
+            "resnet18, resnet50 (needs torchvision)."
+        ),
+    ),
     hidden: int = typer.Option(128, help="mlp: hidden width."),
     loss: str = typer.Option("hscl", help=f"Loss: {', '.join(LOSSES)}."),
     beta: Optional[float] = typer.Option(None, help="Hardness beta >= 0 of hscl, hucl, debiased_hcl. \\[default: 5]"),
-    temperature: Optional[float] = typer.Option(None, help="Temperature tau > 0. \\[default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 ntxent/debiased_hcl]"),  # noqa: E501
-    normalize: Optional[str] = typer.Option(None, help="Normalization g: ball (unit-ball clip, the paper), sphere, none. \\[default: ball; sphere for supcon, ntxent, debiased_hcl]"),  # noqa: E501
-    negatives: str = typer.Option("expected", help="expected (exact expectation over the hardened distribution) or sampled (k draws per anchor)."),  # noqa: E501
-    k: Optional[int] = typer.Option(None, help="Number of negatives: sampled draws per anchor, or lambda with expected. \\[default: all candidates; 256 when sampled]"),  # noqa: E501
+    temperature: Optional[float] = typer.Option(
+        None,
+        help=(
+            "Temperature tau > 0. \\[default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 "
+            "ntxent/debiased_hcl]"
+        ),
+    ),
+    normalize: Optional[str] = typer.Option(
+        None,
+        help=(
+            "Normalization g: ball (unit-ball clip, the paper), sphere, none. \\[default: ball; sphere for "
+            "supcon, ntxent, debiased_hcl]"
+        ),
+    ),
+    negatives: str = typer.Option(
+        "expected", help="expected (exact expectation over the hardened distribution) or sampled (k draws per anchor)."
+    ),
+    k: Optional[int] = typer.Option(
+        None,
+        help=(
+            "Number of negatives: sampled draws per anchor, or lambda with expected. \\[default: all "
+            "candidates; 256 when sampled]"
+        ),
+    ),
     dim: Optional[int] = typer.Option(None, help="Embedding dimension d. \\[default: C - 1]"),
     batch_size: int = typer.Option(128, help="Batch size (the last short batch of an epoch is dropped)."),
     epochs: int = typer.Option(100, help="Number of epochs (the total, also when resuming)."),
@@ -57,13 +97,42 @@ def train_command(
     optimizer: str = typer.Option("adam", help="Optimizer: adam or sgd (momentum 0.9)."),
     seed: int = typer.Option(0, help="Seed of data, initialization, batches, views and sampled negatives."),
     dtype: str = typer.Option("float32", help="Parameter and computation dtype: float32 or float64."),
-    device: Optional[str] = typer.Option(None, help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. \\[default: the backend's]"),  # noqa: E501
+    device: Optional[str] = typer.Option(
+        None, help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. \\[default: the backend's]"
+    ),
     backend: str = typer.Option("numpy", help="Backend: numpy, torch, jax, cupy."),
-    views: int = typer.Option(1, help="Views per sample: 1 (positives share the label, the paper's model), or >= 2 augmented views (ucl, hucl, ntxent, debiased_hcl then use instance positives)."),  # noqa: E501
-    paper: bool = typer.Option(False, "--paper", help="Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 sampled negatives averaged). \\[default: off]"),  # noqa: E501
-    out: Optional[Path] = typer.Option(None, help="Checkpoint file, rewritten atomically every epoch. \\[default: runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"),  # noqa: E501
-    resume: Optional[Path] = typer.Option(None, help="Continue the run saved in this checkpoint from its last completed epoch (options not given are taken from it). \\[default: none: a new run]"),  # noqa: E501
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),  # noqa: E501
+    views: int = typer.Option(
+        1,
+        help=(
+            "Views per sample: 1 (positives share the label, the paper's model), or >= 2 augmented views "
+            "(ucl, hucl, ntxent, debiased_hcl then use instance positives)."
+        ),
+    ),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help=(
+            "Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 "
+            "sampled negatives averaged). \\[default: off]"
+        ),
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        help=(
+            "Checkpoint file, rewritten atomically every epoch. \\[default: "
+            "runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"
+        ),
+    ),
+    resume: Optional[Path] = typer.Option(
+        None,
+        help=(
+            "Continue the run saved in this checkpoint from its last completed epoch (options not given are "
+            "taken from it). \\[default: none: a new run]"
+        ),
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"
+    ),
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
@@ -108,9 +177,12 @@ def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) ->
         return train(config, out=target, resume_from=resume)
     # Started at the first epoch's report, so that a setup error (bad data dir, backend) prints no bar.
     progress = Progress(
-        TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("[bold]{task.fields[name]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TextColumn("{task.description}"),
-    )  # fmt: skip
+    )
     tasks: list[Any] = []
 
     def show(report: EpochReport) -> None:
@@ -141,12 +213,16 @@ def _summary(result: TrainResult, config: TrainConfig) -> None:
     table.add_column("final", justify="right")
     rows = [
         ("epochs completed", f"{checkpoint.epoch} / {config.epochs}"),
-        ("loss", "loss"), ("equal inner product (0 at ETF)", "equal_inner_product"),
-        ("ETF distance", "etf_distance"), ("NC1", "nc1"), ("unit norm", "unit_norm"), ("zero sum", "zero_sum"),
+        ("loss", "loss"),
+        ("equal inner product (0 at ETF)", "equal_inner_product"),
+        ("ETF distance", "etf_distance"),
+        ("NC1", "nc1"),
+        ("unit norm", "unit_norm"),
+        ("zero sum", "zero_sum"),
         ("significant class-mean directions", "significant_directions"),
         ("train mean-classifier accuracy", "mean_classifier_accuracy"),
         ("test mean-classifier accuracy", "test_mean_classifier_accuracy"),
-    ]  # fmt: skip
+    ]
     for label, key in rows:
         values = checkpoint.history.get(key)
         text = key if values is None else f"{float(values[-1]):.4g}"
