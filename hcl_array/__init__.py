@@ -4,10 +4,11 @@ The losses, hardening functions and collapse metrics are written once against th
 pass NumPy, PyTorch, JAX or CuPy arrays and get the same numbers back in the same namespace.
 """
 
-from . import geometry, hardening, metrics
+from . import backends, geometry, hardening, metrics  # backends: registers the frameworks' loss kernels
 from .geometry import simplex_etf
 from .losses import (
     PAPER_PRESET,
+    LossConfig,
     contrastive_loss,
     debiased_hcl,
     hscl,
@@ -24,7 +25,9 @@ from .metrics import collapse_report
 __version__ = "0.1.0"
 
 __all__ = [
+    "backends",
     "PAPER_PRESET",
+    "LossConfig",
     "contrastive_loss",
     "debiased_hcl",
     "geometry",

@@ -35,28 +35,28 @@ here (NumPy, or CuPy passed as the module), `TorchOps` in `backends/_torch_fused
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
+from .config import LossConfig
+from .formulas import norm_floor
 from .hardening import ExponentialTilt, Uniform
-from .losses import _norm_floor
-from .tiled import TiledConfig
+from .tiled import block_rows
 
 Array = Any
 
-__all__ = ["supports", "value_and_grad", "fused_loss", "NumpyOps"]
+__all__ = ["supports", "value_and_grad", "numpy_like_loss", "numpy_loss", "NumpyOps"]
 
 
-def supports(config: TiledConfig) -> str | None:
+def supports(config: LossConfig) -> str | None:
     """Why the kernel cannot compute `config` (the array-API code then does), or None when it can."""
+    if config.negatives != "expected":
+        return "sampled negatives are not fused"
     if type(config.hardening) not in (Uniform, ExponentialTilt):
         return "only uniform and exponential weights are fused"
     if config.form not in ("infonce", "supcon"):
@@ -198,7 +198,7 @@ class _Batch:
     pair_offsets: list[int]  # row i's pairs are numbers pair_offsets[i] ... pair_offsets[i + 1] - 1
 
     @classmethod
-    def of(cls, ids: Array, config: TiledConfig, like: Array, ops: Any) -> _Batch:
+    def of(cls, ids: Array, config: LossConfig, like: Array, ops: Any) -> _Batch:
         n = ids.shape[0]
         order, group_start, group_end = ops.same_id_groups(ids)
         group_size = group_end - group_start
@@ -271,7 +271,7 @@ def _symmetric(rows_per_block: int, n: int, want_grad: bool) -> bool:
     return want_grad and rows_per_block == n <= SYMMETRIC_MAX_N
 
 
-def _beta(config: TiledConfig) -> float:
+def _beta(config: LossConfig) -> float:
     return config.hardening.beta if isinstance(config.hardening, ExponentialTilt) else 0.0
 
 
@@ -287,86 +287,129 @@ def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any)
     return buffers
 
 
-def _blocks(
-    u: Array, batch: _Batch, config: TiledConfig, block_buffers: list[Array], grad_u: Array | None, ops: Any
-) -> Array:
-    """sum_i w_i sum_{j in P(i)} l_ij before the global scale; when grad_u is given, sets it to
-    tau / scale * dL/du = sum over blocks of G u + G^T u."""
-    n = u.shape[0]
-    beta = _beta(config)
-    slope = config.slope  # beta through undetached weights, else 0
-    tilt = 1.0 + beta
-    columns, alpha = ops.gram_operands(u, tilt / config.temperature)  # the product gives (1 + beta) s directly
-    tilted_buffer, *spare = block_buffers
-    weights_buffer = spare[0] if spare else None
-    rows_per_block = tilted_buffer.shape[0]
-    # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
-    symmetric = _symmetric(rows_per_block, n, grad_u is not None)
-    if grad_u is not None and not symmetric:
-        grad_u[...] = 0.0
-    total = None
-    for a in range(0, n, rows_per_block):
-        b = min(a + rows_per_block, n)
-        tilted = ops.gram_into(_rows(u, a, b), columns, alpha, _rows(tilted_buffer, 0, b - a))
-        same_row, same_col = batch.same_id_pairs(a, b, ops)
-        pairs, flat = same_row * n + same_col, tilted.reshape(-1)  # 1-D gathers are the fastest on torch
-        similarity = ops.take(flat, pairs) / tilt  # s_ij on the same-id pairs, before the masking
-        if config.candidates == "other-ids":
-            ops.fill_at_(flat, pairs, -math.inf)  # exp gives exact zeros off the candidates
-        elif not config.include_self:
-            ops.fill_diagonal_(tilted, a, -math.inf)
-        peak = ops.row_max(tilted)  # finite: every row has a candidate (batch.empty is False)
-        # In place: x <- exp(x - shift), returning each row's log-sum-exp and sum; the ops pick the shift
-        # (the row max, or the log-sum-exp when the softmax kernel is faster: then the sums are 1, None).
-        if beta:  # beta s = (1 + beta) s scaled: the -inf carry over
-            weights = ops.scale_into(tilted, beta / tilt, _rows(weights_buffer, 0, b - a))
-            log_normalizer, weights_total = ops.exp_shifted_(weights, peak * (beta / tilt))
-        else:
-            log_normalizer = batch.log_candidates(a, b)
-        log_sum, tilted_total = ops.exp_shifted_(tilted, peak)
-        if config.negative_reduction == "mean":
-            log_lambda = 0.0
-        elif config.k is not None:
-            log_lambda = math.log(config.k)
-        else:
-            log_lambda = batch.log_candidates(a, b)
-        anchor_term = (log_sum + (log_lambda - log_normalizer))[:, 0]
+class _Pass:
+    """One call's constants and buffers; its methods are the steps applied to each block of anchors.
 
+    `run` returns sum_i w_i sum_{j in P(i)} l_ij before the global scale and, when grad_u is given,
+    sets it to tau / scale * dL/du = sum over blocks of G u + G^T u.
+    """
+
+    def __init__(
+        self, u: Array, batch: _Batch, config: LossConfig, buffers: list[Array], grad_u: Array | None, ops: Any
+    ) -> None:
+        self.u, self.batch, self.config, self.grad_u, self.ops = u, batch, config, grad_u, ops
+        self.n = u.shape[0]
+        self.beta = _beta(config)
+        self.slope = config.slope  # beta through undetached weights, else 0
+        self.tilt = 1.0 + self.beta
+        # the product gives (1 + beta) s directly
+        self.columns, self.alpha = ops.gram_operands(u, self.tilt / config.temperature)
+        self.tilted_buffer, *spare = buffers
+        self.weights_buffer = spare[0] if spare else None
+        self.rows_per_block = self.tilted_buffer.shape[0]
+        # One small block: dL/du = (G + G^T) u / tau in one product; the transposed sum is cheap in cache.
+        self.symmetric = _symmetric(self.rows_per_block, self.n, grad_u is not None)
+        if config.negative_reduction == "mean":
+            self.log_lambda = 0.0
+        else:
+            self.log_lambda = None if config.k is None else math.log(config.k)  # None: log |N(i)|
+
+    def run(self) -> Array:
+        if self.grad_u is not None and not self.symmetric:
+            self.grad_u[...] = 0.0
+        total = None
+        for a in range(0, self.n, self.rows_per_block):
+            block_total = self.block(a, min(a + self.rows_per_block, self.n))
+            total = block_total if total is None else total + block_total
+        return total
+
+    def block(self, a: int, b: int) -> Array:
+        """Rows a:b: the tilted similarities, exponentiated in place, then the pair terms and G."""
+        ops, n = self.ops, self.n
+        tilted = ops.gram_into(_rows(self.u, a, b), self.columns, self.alpha, _rows(self.tilted_buffer, 0, b - a))
+        same_row, same_col = self.batch.same_id_pairs(a, b, ops)
+        pairs, flat = same_row * n + same_col, tilted.reshape(-1)  # 1-D gathers are the fastest on torch
+        similarity = ops.take(flat, pairs) / self.tilt  # s_ij on the same-id pairs, before the masking
+        if self.config.candidates == "other-ids":
+            ops.fill_at_(flat, pairs, -math.inf)  # exp gives exact zeros off the candidates
+        elif not self.config.include_self:
+            ops.fill_diagonal_(tilted, a, -math.inf)
+        anchor_term, weights, tilted_total, weights_total = self.exponentiate(tilted, a, b)
+        total, dl_dc = self.pair_terms(anchor_term, similarity, same_row, same_col, a, b)
+        if self.grad_u is not None:
+            self.accumulate_gradient(tilted, weights, tilted_total, weights_total, dl_dc, same_row, flat, pairs, a, b)
+        return total
+
+    def exponentiate(self, tilted: Array, a: int, b: int) -> tuple[Array, Array | None, Any, Any]:
+        """tilted <- exp(x - shift) in place (and the weights exp(beta s - shift)); c_i for each anchor.
+
+        The ops pick the shift: the row max, or the log-sum-exp when the softmax kernel is faster (then
+        the row sums are 1, returned as None).
+        """
+        ops = self.ops
+        peak = ops.row_max(tilted)  # finite: every row has a candidate (batch.empty is False)
+        weights = weights_total = None
+        if self.beta:  # beta s = (1 + beta) s scaled: the -inf carry over
+            weights = ops.scale_into(tilted, self.beta / self.tilt, _rows(self.weights_buffer, 0, b - a))
+            log_normalizer, weights_total = ops.exp_shifted_(weights, peak * (self.beta / self.tilt))
+        else:
+            log_normalizer = self.batch.log_candidates(a, b)
+        log_sum, tilted_total = ops.exp_shifted_(tilted, peak)
+        log_lambda = self.batch.log_candidates(a, b) if self.log_lambda is None else self.log_lambda
+        return (log_sum + (log_lambda - log_normalizer))[:, 0], weights, tilted_total, weights_total
+
+    def pair_terms(
+        self, anchor_term: Array, similarity: Array, same_row: Array, same_col: Array, a: int, b: int
+    ) -> tuple[Array, Array | None]:
+        """The block's sum of w_ij l_ij over its pairs, and w_ij dl/dc_ij (None: every weight 1, supcon)."""
+        ops, batch = self.ops, self.batch
         pair_weight = None if batch.row_weight is None else ops.take(_rows(batch.row_weight, a, b), same_row)
-        if not config.include_self:  # (i, i) is not a positive: weight 0 (cheaper than filtering the pairs out)
-            not_self = ops.astype((same_row + a if a else same_row) != same_col, u)
+        if not self.config.include_self:  # (i, i) is not a positive: weight 0 (cheaper than filtering the pairs out)
+            not_self = ops.astype((same_row + a if a else same_row) != same_col, self.u)
             pair_weight = not_self if pair_weight is None else pair_weight * not_self
         margin = ops.take(anchor_term, same_row) - similarity
-        if config.form == "supcon":  # l = c - s
+        if self.config.form == "supcon":  # l = c - s
             loss, dl_dc = margin, pair_weight
+            if dl_dc is None and self.grad_u is not None:
+                dl_dc = ops.module.ones_like(margin)
         else:  # l = softplus(c - s)
             loss, dl_dc = ops.softplus(margin), ops.sigmoid(margin)
             dl_dc = dl_dc if pair_weight is None else pair_weight * dl_dc
-        block_total = loss.sum() if pair_weight is None else pair_weight @ loss
-        total = block_total if total is None else total + block_total
-        if grad_u is None:
-            continue
-        if dl_dc is None:  # supcon with every weight 1
-            dl_dc = ops.module.ones_like(margin)
-        # G = (1 + slope) r_i p_in - slope r_i q_in on the candidates, then -w_ij dl/dc_ij at the positives
+        return (loss.sum() if pair_weight is None else pair_weight @ loss), dl_dc
+
+    def accumulate_gradient(
+        self,
+        tilted: Array,
+        weights: Array | None,
+        tilted_total: Any,
+        weights_total: Any,
+        dl_dc: Array,
+        same_row: Array,
+        flat: Array,
+        pairs: Array,
+        a: int,
+        b: int,
+    ) -> None:
+        """G = (1 + slope) r_i p_in - slope r_i q_in on the candidates, -w_ij dl/dc_ij at the positives
+        (in tilted's memory); then dL/du += G u + G^T u[a:b]."""
+        ops = self.ops
         anchor_grad = ops.sum_by_row(dl_dc, same_row, b - a)[:, None]
-        if slope:
-            tilted *= _over(anchor_grad, tilted_total) * (1.0 + slope)
-            weights *= _over(anchor_grad, weights_total) * slope
+        if self.slope:
+            tilted *= _over(anchor_grad, tilted_total) * (1.0 + self.slope)
+            weights *= _over(anchor_grad, weights_total) * self.slope
             tilted -= weights
         else:
             tilted *= _over(anchor_grad, tilted_total)
         ops.subtract_at_(flat, pairs, dl_dc)
-        if symmetric:
-            ops.matmul_into(ops.add_transpose_into(tilted, weights_buffer), u, grad_u)
+        if self.symmetric:
+            ops.matmul_into(ops.add_transpose_into(tilted, self.weights_buffer), self.u, self.grad_u)
         else:
-            ops.add_matmul_(_rows(grad_u, a, b), tilted, u)
-            ops.add_matmul_(grad_u, tilted.T, _rows(u, a, b))
-    return total
+            ops.add_matmul_(_rows(self.grad_u, a, b), tilted, self.u)
+            ops.add_matmul_(self.grad_u, tilted.T, _rows(self.u, a, b))
 
 
 def value_and_grad(
-    z: Array, ids: Array, config: TiledConfig, ops: Any, *, want_grad: bool = True
+    z: Array, ids: Array, config: LossConfig, ops: Any, *, want_grad: bool = True
 ) -> tuple[Array, Array | None]:
     """(loss, dL/dz) of `config` on (N, d) rows z in the compute dtype; the gradient only when want_grad.
 
@@ -382,7 +425,7 @@ def value_and_grad(
     batch = _Batch.of(ids, config, z, ops)
     if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
-    rows_per_block = min(config.tile, n)
+    rows_per_block = block_rows(config.tile, n)
     two_blocks = _beta(config) or _symmetric(rows_per_block, n, want_grad)  # weights, or G + G^T
     normalizing = config.normalize != "none"
     block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
@@ -390,13 +433,13 @@ def value_and_grad(
     block_buffers = [next(buffers) for _ in block_shapes]
     if normalizing:
         norm = ops.row_norms(z)
-        floor = _norm_floor(config.normalize, z.dtype, ops.module)
+        floor = norm_floor(config.normalize, z.dtype, ops.module)
         divisor = ops.maximum(norm, floor)
         u = ops.divide_into(z, divisor, next(buffers))
     else:
         u = z
     grad_u = next(buffers) if want_grad else None
-    value = _blocks(u, batch, config, block_buffers, grad_u, ops) * batch.scale
+    value = _Pass(u, batch, config, block_buffers, grad_u, ops).run() * batch.scale
     if grad_u is None:
         return value, None
     factor = batch.scale / config.temperature
@@ -406,20 +449,17 @@ def value_and_grad(
     return value, ops.pull_back(grad_u, u, norm > floor, divisor * (1.0 / factor))
 
 
-def fused_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool) -> Any:
-    """The loss (or (loss, gradient) with return_grad) through the kernel, or None for a namespace it
-    does not serve (JAX, array-api-strict). Torch goes through its autograd Function."""
-    if is_torch_array(z):
-        return importlib.import_module("hcl_array.backends._torch_fused").fused_loss(
-            z, ids, config, return_grad=return_grad
-        )
-    if is_numpy_array(z):
-        # a NaN or Inf in z is reported by the caller's test of the value, not by warnings from in here
-        module, place = np, np.errstate(invalid="ignore", over="ignore")
-    elif is_cupy_array(z):
-        module, place = sys.modules["cupy"], z.device  # imported already: z is a CuPy array; buffers go to its GPU
-    else:
-        return None
-    with place:
+def numpy_like_loss(z: Array, ids: Array, config: LossConfig, module: ModuleType, *, return_grad: bool) -> Any:
+    """The loss, or (loss, gradient) with return_grad, through the kernel on NumPy or CuPy (`module`)."""
+    # a NaN or Inf in z is reported by the caller's test of the value, not by warnings from in here
+    with np.errstate(invalid="ignore", over="ignore") if module is np else z.device:  # CuPy: buffers on z's GPU
         value, grad = value_and_grad(z, ids, config, NumpyOps(module), want_grad=return_grad)
     return (value, grad) if return_grad else value
+
+
+def numpy_loss(
+    z: Array, ids: Array, config: LossConfig, *, uniforms: Array | None = None, return_grad: bool = False
+) -> Any:
+    """The fused path's entry for NumPy arrays in the dispatch table."""
+    del uniforms  # expected negatives only (`supports`)
+    return numpy_like_loss(z, ids, config, np, return_grad=return_grad)

@@ -16,7 +16,7 @@ so one pass gives every per-anchor quantity, and the loss is a reduction of the 
 pulled back through g exactly as the dense path does. For a scalar loss G_block is final once the
 block is seen (up to one global factor), so `value_and_grad` accumulates dL/du in the same pass as the
 value; per-anchor values (reduction="none") weigh G by the cotangent, so `backward` recomputes the
-blocks from (N,) statistics. Every formula is the dense path's own helper from `losses` (masks,
+blocks from (N,) statistics. Every formula is the dense path's own, from `formulas` (masks,
 hardening weights, c_i, l_ij, dL/ds): the two paths cannot drift apart.
 
 Why row blocks and not column tiles with an online log-sum-exp: a block of whole rows sees every
@@ -24,49 +24,46 @@ candidate of its anchors, so c_i is exact after one pass (a column-tiled stream 
 for l_ij, which needs c_i first), the hardening functions that look at a whole row (top-k) work
 unchanged, and the memory bound is the same O(tile * N).
 
-Torch and JAX get this gradient as their custom one (`backends/_torch_autograd.py`,
-`backends/_jax_vjp.py`, imported only when the input is a torch or jax array); NumPy and CuPy call
-`value_and_grad` directly (`return_grad=True`). NumPy, CuPy and torch inputs of the common
-configurations take the fused kernel instead (`hcl_array.fused`), which follows the same plan in place.
+Torch and JAX register this gradient as their custom one (`backends/_torch_autograd.py`,
+`backends/_jax_vjp.py`) in the dispatch table; NumPy and CuPy call `value_and_grad` directly
+(`return_grad=True`). NumPy, CuPy and torch inputs of the common configurations take the fused
+kernel instead (`hcl_array.fused`), which follows the same plan in place.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from . import _array_api as aa
-from .hardening import ExponentialTilt, FromCallable, Hardening, Threshold, TopK, Uniform
-from .losses import (
-    _anchor_scale,
-    _anchor_terms,
-    _batch_divisor,
-    _hardening_weights,
-    _normalize_vjp,
-    _pair_losses,
-    _pair_masks,
-    _row_weight,
-    _scaled_gram,
-    _similarity_grad,
+from .config import LossConfig
+from .formulas import (
+    anchor_scale,
+    anchor_terms,
+    batch_divisor,
+    hardening_weights,
     normalize_embeddings,
+    normalize_vjp,
+    pair_losses,
+    pair_masks,
+    row_weight,
+    scaled_gram,
+    similarity_grad,
 )
+from .hardening import ExponentialTilt, FromCallable, Threshold, TopK, Uniform
 
 Array = Any
 
 __all__ = [
     "AUTO_THRESHOLD",
-    "TiledConfig",
     "auto_tile",
-    "resolve_tile",
+    "block_rows",
+    "unsupported",
     "scan_blocks",
     "forward",
     "backward",
     "value_and_grad",
-    "tiled_loss",
+    "loss",
 ]
 
 #: tile="auto" switches to the tiled path above this many rows (the dense (N, N) matrices then pass ~1 GiB).
@@ -79,63 +76,27 @@ AUTO_BLOCK_ENTRIES = 2**24
 _ROW_WISE = (Uniform, ExponentialTilt, Threshold, TopK, FromCallable)
 
 
-@dataclass(frozen=True)
-class TiledConfig:
-    """Everything but the arrays: hashable, so JAX can take it as a static (non-differentiable) argument."""
-
-    tile: int
-    form: str
-    candidates: str
-    hardening: Hardening
-    temperature: float
-    normalize: str
-    k: int | None
-    negative_reduction: str
-    include_self: bool
-    reduction: str
-    tau_plus: float
-    slope: float  # d log eta / ds when the gradient flows through the weights; 0 when they are detached
-
-
 def auto_tile(n: int) -> int:
     """Rows per block for tile="auto": about AUTO_BLOCK_ENTRIES entries per (tile, N) block, 64 to 4096 rows."""
     return int(min(max(AUTO_BLOCK_ENTRIES // max(n, 1), 64), 4096))
 
 
-def _unsupported(hardening: Hardening, negatives: str, detach_weights: bool) -> str | None:
-    """Why the tiled path cannot compute this configuration, or None when it can."""
-    if negatives != "expected":
-        return "sampled negatives draw from the whole (N, N) matrix of weights: use negatives='expected'"
-    if not isinstance(hardening, _ROW_WISE):
-        return f"hardening {hardening!r} is not a built-in row-wise hardening function"
-    if not detach_weights and getattr(hardening, "slope", None) is None:
-        return f"the gradient through the weights of {hardening!r} is unknown: use detach_weights=True"
-    return None
-
-
-def resolve_tile(
-    tile: int | str | None, n: int, *, hardening: Hardening, negatives: str, detach_weights: bool
-) -> int | None:
-    """Rows per block for the tiled path, or None for the dense path.
-
-    tile=None: dense. tile="auto": tiled with `auto_tile(n)` rows when n > AUTO_THRESHOLD and the
-    configuration is supported, else dense. An integer: tiled with that many rows (at most n); a
-    configuration the tiled path cannot compute raises ValueError rather than silently going dense.
-    """
+def block_rows(tile: int | str | None, n: int) -> int:
+    """Anchor rows per block for a `tile` request, at most n: auto_tile(n) for "auto", n for None, else tile."""
     if tile is None:
-        return None
-    if isinstance(tile, str):
-        if tile != "auto":
-            raise ValueError(f"tile={tile!r} is not 'auto', None (dense) or a positive integer (rows per block)")
-        if n <= AUTO_THRESHOLD or _unsupported(hardening, negatives, detach_weights) is not None:
-            return None
-        return auto_tile(n)
-    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 1:
-        raise ValueError(f"tile={tile!r} is not 'auto', None (dense) or a positive integer (rows per block)")
-    reason = _unsupported(hardening, negatives, detach_weights)
-    if reason is not None:
-        raise ValueError(f"tile={int(tile)} is not available for this configuration: {reason} (or pass tile=None)")
-    return int(min(int(tile), n)) if n > 0 else None  # an empty batch has no blocks: the dense path handles it
+        return n
+    return min(auto_tile(n) if tile == "auto" else int(tile), n)
+
+
+def unsupported(config: LossConfig) -> str | None:
+    """Why the tiled path cannot compute `config` (then only the dense path can), or None when it can."""
+    if config.negatives != "expected":
+        return "sampled negatives draw from the whole (N, N) matrix of weights: use negatives='expected'"
+    if not isinstance(config.hardening, _ROW_WISE):
+        return f"hardening {config.hardening!r} is not a built-in row-wise hardening function"
+    if not config.detach_weights and getattr(config.hardening, "slope", None) is None:
+        return f"the gradient through the weights of {config.hardening!r} is unknown: use detach_weights=True"
+    return None
 
 
 def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, ...], tile: int) -> tuple[Any, tuple]:
@@ -155,19 +116,17 @@ def scan_blocks(body: Callable[..., Any], carry: Any, row_arrays: tuple[Array, .
     return carry, tuple(xp.concat([out[i] for out in outputs]) for i in range(len(outputs[0])))
 
 
-def _block(u: Array, ids: Array, first_row: Any, u_rows: Array, row_ids: Array, config: TiledConfig) -> tuple:
+def _block(u: Array, ids: Array, first_row: Any, u_rows: Array, row_ids: Array, config: LossConfig) -> tuple:
     """Similarity, masks and weights of one block of anchors (rows first_row, ...) against every column."""
-    similarity = _scaled_gram(u_rows, u, config.temperature)
-    positives, candidate_mask = _pair_masks(
+    similarity = scaled_gram(u_rows, u, config.temperature)
+    positives, candidate_mask = pair_masks(
         row_ids, ids, first_row, candidates=config.candidates, include_self=config.include_self
     )
-    log_weights, support = _hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
+    log_weights, support = hardening_weights(config.hardening, similarity, candidate_mask, detach=False)
     return similarity, positives, candidate_mask, log_weights, support
 
 
-def forward(
-    z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks
-) -> tuple[Array, tuple]:
+def forward(z: Array, ids: Array, config: LossConfig, *, scan: Callable[..., Any] = scan_blocks) -> tuple[Array, tuple]:
     """The loss, block by block, and the (N,) per-anchor statistics the backward pass needs.
 
     Statistics: (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|).
@@ -177,10 +136,10 @@ def forward(
 
     def body(carry: Any, first_row: Any, rows: tuple[Array, Array]) -> tuple[Any, tuple]:
         similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, *rows, config)
-        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
+        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
-        pair_loss, _, _ = _pair_losses(
+        pair_loss, _, _ = pair_losses(
             config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="value"
         )
         pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
@@ -188,14 +147,14 @@ def forward(
         loss_sum = loss_sum * xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: no NaN from the zeros
         return carry, (anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum)
 
-    _, (*stats, pair_counts, loss_sums) = scan(body, (), (u, ids), config.tile)
-    per_anchor = loss_sums * _anchor_scale(pair_counts, config.reduction)
+    _, (*stats, pair_counts, loss_sums) = scan(body, (), (u, ids), block_rows(config.tile, z.shape[0]))
+    per_anchor = loss_sums * anchor_scale(pair_counts, config.reduction)
     value = per_anchor if config.reduction == "none" else xp.sum(per_anchor)
     return value, (*stats, pair_counts)
 
 
 def value_and_grad(
-    z: Array, ids: Array, config: TiledConfig, *, scan: Callable[..., Any] = scan_blocks
+    z: Array, ids: Array, config: LossConfig, *, scan: Callable[..., Any] = scan_blocks
 ) -> tuple[Array, Array]:
     """The loss and dL/dz in one pass over the blocks, for the scalar reductions.
 
@@ -212,27 +171,29 @@ def value_and_grad(
     def body(column_grad: Array, first_row: Any, rows: tuple[Array, Array]) -> tuple[Array, tuple]:
         u_rows, row_ids = rows
         similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
-        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = _anchor_terms(
+        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
             log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
         )
-        pair_loss, dl_dc, dl_ds = _pair_losses(
+        pair_loss, dl_dc, dl_ds = pair_losses(
             config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="both"
         )
         positive = xp.astype(positives, similarity.dtype)
         pair_count = xp.sum(positive, axis=1)
         # l_ij is finite: the zeros make no NaN
-        row_weight = xp.astype(has_negatives, similarity.dtype) * _row_weight(pair_count, config.reduction)
-        pair_weights = positive * row_weight[:, None]
-        grad_similarity = _similarity_grad(
+        weight = xp.astype(has_negatives, similarity.dtype) * row_weight(pair_count, config.reduction)
+        pair_weights = positive * weight[:, None]
+        grad_similarity = similarity_grad(
             pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
         )
         loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
         return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
 
-    column_grad, (pair_counts, loss_sums, row_grad) = scan(body, xp.zeros_like(u), (u, ids), config.tile)
-    scale = 1.0 / _batch_divisor(pair_counts, config.reduction)
+    column_grad, (pair_counts, loss_sums, row_grad) = scan(
+        body, xp.zeros_like(u), (u, ids), block_rows(config.tile, z.shape[0])
+    )
+    scale = 1.0 / batch_divisor(pair_counts, config.reduction)
     grad_u = (row_grad + column_grad) * (scale / config.temperature)
-    return xp.sum(loss_sums) * scale, _normalize_vjp(z, u, grad_u, config.normalize)
+    return xp.sum(loss_sums) * scale, normalize_vjp(z, u, grad_u, config.normalize)
 
 
 def backward(
@@ -240,49 +201,43 @@ def backward(
     ids: Array,
     stats: tuple[Array, ...],
     cotangent: Array,
-    config: TiledConfig,
+    config: LossConfig,
     *,
     scan: Callable[..., Any] = scan_blocks,
 ) -> Array:
     """dL/dz for the cotangent of the loss (a scalar, or (N,) with reduction="none"), recomputing each block.
 
-    G_block = dL/ds_block (the dense path's `_similarity_grad`); dL/du = (G u + G^T u) / tau summed over
+    G_block = dL/ds_block (the dense path's `similarity_grad`); dL/du = (G u + G^T u) / tau summed over
     blocks; then the normalization VJP.
     """
     xp = aa.namespace(z, ids)
     anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_counts = stats
     u = normalize_embeddings(z, config.normalize)
-    pair_scale = _anchor_scale(pair_counts, config.reduction) * xp.astype(cotangent, z.dtype)
+    pair_scale = anchor_scale(pair_counts, config.reduction) * xp.astype(cotangent, z.dtype)
 
     def body(column_grad: Array, first_row: Any, rows: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
         u_rows, row_ids, anchor_term, log_lambda, log_normalizer, log_tilted, has_negative, scale = rows
         similarity, positives, _, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
-        _, dl_dc, dl_ds = _pair_losses(
+        _, dl_dc, dl_ds = pair_losses(
             config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="grad"
         )
         pair_weights = xp.astype(positives, similarity.dtype) * (scale * xp.astype(has_negative, scale.dtype))[:, None]
-        grad_similarity = _similarity_grad(
+        grad_similarity = similarity_grad(
             pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
         )
         return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
 
     row_arrays = (u, ids, anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_scale)
-    column_grad, (row_grad,) = scan(body, xp.zeros_like(u), row_arrays, config.tile)
+    column_grad, (row_grad,) = scan(body, xp.zeros_like(u), row_arrays, block_rows(config.tile, z.shape[0]))
     grad_u = (row_grad + column_grad) / config.temperature
-    return _normalize_vjp(z, u, grad_u, config.normalize)
+    return normalize_vjp(z, u, grad_u, config.normalize)
 
 
-def tiled_loss(z: Array, ids: Array, config: TiledConfig, *, return_grad: bool = False) -> Any:
-    """The loss on (N, d) rows `z` (already in the compute dtype), with its gradient when asked.
+def loss(z: Array, ids: Array, config: LossConfig, *, uniforms: Array | None = None, return_grad: bool = False) -> Any:
+    """The loss, or (loss, dL/dz) in one pass with return_grad: the tiled path's array-API entry.
 
-    Torch and JAX inputs go through their registered custom gradient, so autograd never stores a
-    (tile, N) block; `return_grad=True` computes the gradient here, in the same pass as the value.
+    Torch and JAX register their own entries (a custom gradient around these functions), so that
+    autograd never stores a (tile, N) block.
     """
-    if aa.is_jax_array(z):  # jitted there: eager JAX dispatches every small operation of every block
-        module = importlib.import_module("hcl_array.backends._jax_vjp")
-        return module.value_and_grad(z, ids, config) if return_grad else module.tiled_loss(z, ids, config)
-    if return_grad:
-        return value_and_grad(z, ids, config)
-    if aa.is_torch_array(z):
-        return importlib.import_module("hcl_array.backends._torch_autograd").tiled_loss(z, ids, config)
-    return forward(z, ids, config)[0]
+    del uniforms  # expected negatives only (`unsupported`)
+    return value_and_grad(z, ids, config) if return_grad else forward(z, ids, config)[0]

@@ -1,6 +1,6 @@
 """An independent float64 reference for every loss: plain Python loops over anchors and pairs.
 
-It shares no code with hcl_array; it follows shared/spec/losses.md word for word, with direct
+It shares no code with hcl_array; it follows docs/reference/loss-semantics.md word for word, with direct
 exponentials (fine for the moderate similarities the comparisons use).
 """
 

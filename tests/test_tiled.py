@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import hcl_array as hcl
+from hcl_array import dispatch, tiled
 from hcl_array import hardening as hd
-from hcl_array import tiled
 from hcl_array._array_api import to_numpy
 from tests.conftest import assert_close
 
@@ -279,10 +279,11 @@ def test_unsupported_configurations_refuse_an_integer_tile_and_auto_stays_dense(
 
 
 def test_auto_tiles_only_above_the_threshold(monkeypatch):
-    kwargs = {"hardening": hd.exponential(1.0), "negatives": "expected", "detach_weights": True}
-    assert tiled.resolve_tile("auto", tiled.AUTO_THRESHOLD, **kwargs) is None
-    assert tiled.resolve_tile("auto", 65536, **kwargs) == tiled.auto_tile(65536) == 256
-    assert tiled.resolve_tile(10_000, 50, **kwargs) == 50
+    config = hcl.LossConfig(hardening=hd.exponential(1.0), kernel="array_api")
+    assert dispatch.choose_path(config, "numpy", tiled.AUTO_THRESHOLD) == "dense"
+    assert dispatch.choose_path(config, "numpy", tiled.AUTO_THRESHOLD + 1) == "tiled"
+    assert tiled.block_rows("auto", 65536) == tiled.auto_tile(65536) == 256
+    assert tiled.block_rows(10_000, 50) == 50
     z, ids = batch(30, seed=9)
     calls = []
     monkeypatch.setattr(tiled, "AUTO_THRESHOLD", 16)

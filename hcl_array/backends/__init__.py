@@ -5,6 +5,10 @@
 
 Nothing here imports a framework until its backend is requested, so a missing framework costs
 nothing until it is used, and then gives a message naming the pip extra that installs it.
+
+This package also registers each framework's loss kernels into the loss dispatcher
+(`hcl_array.dispatch`): a loader per array family, run on the first loss call with such arrays.
+Adding a backend's kernels is one module here that calls `dispatch.register`, and one loader below.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import importlib
 import importlib.util
 from typing import Any
 
+from .. import dispatch
 from .base import DTYPES, Backend, BackendBase, BackendUnavailable, check_dtype
 
 __all__ = [
@@ -65,3 +70,20 @@ def available_backends() -> dict[str, str | None]:
         except BackendUnavailable as error:
             status[name] = str(error)
     return status
+
+
+def _load_torch_kernels() -> None:
+    from . import _torch_autograd, _torch_fused  # noqa: F401  (each registers its entries on import)
+
+
+def _load_jax_kernels() -> None:
+    from . import _jax_vjp  # noqa: F401
+
+
+def _load_cupy_kernels() -> None:
+    from . import _cupy_kernels  # noqa: F401
+
+
+dispatch.register_loader("torch", _load_torch_kernels)
+dispatch.register_loader("jax", _load_jax_kernels)
+dispatch.register_loader("cupy", _load_cupy_kernels)

@@ -1,6 +1,7 @@
 """The tiled loss as a `jax.custom_vjp`: no (tile, N) block is stored for the backward pass.
 
-Imported by `hcl_array.tiled` only when the input is a jax array, so the core never imports jax.
+Registered as the tiled path for JAX in the dispatch table; `hcl_array.backends` loads it on the
+first call with a JAX array, so the core never imports jax.
 Works under `jax.jit` and `jax.grad`. The blocks run in a `lax.scan` (one compiled block body, whatever
 N / tile), plus one short block for the remainder; the forward and backward passes are jitted
 themselves, since eager JAX would dispatch (and trace for autodiff) every small operation separately.
@@ -13,7 +14,8 @@ from typing import Any
 
 import jax
 
-from hcl_array import tiled
+from hcl_array import dispatch, tiled
+from hcl_array.config import LossConfig
 
 
 def scan_blocks(body: Any, carry: Any, row_arrays: tuple[jax.Array, ...], tile: int) -> tuple[Any, tuple]:
@@ -41,18 +43,18 @@ _value_and_grad = jax.jit(partial(tiled.value_and_grad, scan=scan_blocks), stati
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _tiled(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array:
+def _tiled(z: jax.Array, ids: jax.Array, config: LossConfig) -> jax.Array:
     return _forward(z, ids, config)[0]
 
 
-def _tiled_forward(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, Any]:
+def _tiled_forward(z: jax.Array, ids: jax.Array, config: LossConfig) -> tuple[jax.Array, Any]:
     if config.reduction != "none":  # the gradient in the same pass; the backward rule only scales it
         return _value_and_grad(z, ids, config)  # (value, residuals = dL/dz)
     value, stats = _forward(z, ids, config)
     return value, (z, ids, stats)
 
 
-def _tiled_backward(config: tiled.TiledConfig, residuals: Any, cotangent: jax.Array) -> tuple[jax.Array, None]:
+def _tiled_backward(config: LossConfig, residuals: Any, cotangent: jax.Array) -> tuple[jax.Array, None]:
     if config.reduction != "none":
         return residuals * cotangent, None
     z, ids, stats = residuals
@@ -62,11 +64,13 @@ def _tiled_backward(config: tiled.TiledConfig, residuals: Any, cotangent: jax.Ar
 _tiled.defvjp(_tiled_forward, _tiled_backward)
 
 
-def tiled_loss(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> jax.Array:
-    """The tiled loss with its analytic gradient registered as the VJP."""
-    return _tiled(z, ids, config)
+def tiled_loss(
+    z: jax.Array, ids: jax.Array, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False
+) -> Any:
+    """The tiled loss with its analytic gradient registered as the VJP; (loss, dL/dz) in one jitted pass
+    with return_grad. Jitted: eager JAX would dispatch every small operation of every block."""
+    del uniforms  # expected negatives only (`tiled.unsupported`)
+    return _value_and_grad(z, ids, config) if return_grad else _tiled(z, ids, config)
 
 
-def value_and_grad(z: jax.Array, ids: jax.Array, config: tiled.TiledConfig) -> tuple[jax.Array, jax.Array]:
-    """(loss, dL/dz) in one jitted pass over the blocks (the `return_grad=True` path)."""
-    return _value_and_grad(z, ids, config)
+dispatch.register("tiled", "jax", tiled_loss)

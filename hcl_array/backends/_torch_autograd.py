@@ -1,6 +1,7 @@
 """The tiled loss as a `torch.autograd.Function`: autograd never stores a (tile, N) block.
 
-Imported by `hcl_array.tiled` only when the input is a torch tensor, so the core never imports torch.
+Registered as the tiled path for torch in the dispatch table; `hcl_array.backends` loads it on the
+first call with a torch tensor, so the core never imports torch.
 Serves the configurations the fused kernel (`_torch_fused`) does not cover: hardening by threshold,
 top-k or a callable, the debiased form, and per-anchor values (reduction="none").
 """
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from hcl_array import tiled
+from hcl_array import dispatch, tiled
+from hcl_array.config import LossConfig
 
 
 def saved_gradient_times(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
@@ -29,7 +31,7 @@ class TiledLoss(torch.autograd.Function):
     pass (`tiled.backward`) recomputes the blocks, since its gradient depends on the cotangent."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig) -> torch.Tensor:
         ctx.config = config
         if ctx.needs_input_grad[0] and config.reduction != "none":
             value, grad = tiled.value_and_grad(z, ids, config)
@@ -48,6 +50,14 @@ class TiledLoss(torch.autograd.Function):
         return tiled.backward(z, ids, tuple(stats), cotangent, ctx.config), None, None
 
 
-def tiled_loss(z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig) -> torch.Tensor:
-    """The tiled loss with its analytic gradient registered for autograd."""
+def tiled_loss(
+    z: torch.Tensor, ids: torch.Tensor, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False
+) -> Any:
+    """The tiled loss with its analytic gradient registered for autograd; (loss, dL/dz) with return_grad."""
+    del uniforms  # expected negatives only (`tiled.unsupported`)
+    if return_grad:
+        return tiled.value_and_grad(z, ids, config)
     return TiledLoss.apply(z, ids, config)
+
+
+dispatch.register("tiled", "torch", tiled_loss)

@@ -1,10 +1,11 @@
 """The fused kernel (`hcl_array.fused`) on torch: its operations, and an autograd Function around it.
 
-Imported by `hcl_array.fused` only when the input is a torch tensor, so the core never imports torch.
+Registered as the fused path for torch in the dispatch table; `hcl_array.backends` loads it on the
+first call with a torch tensor, so the core never imports torch.
 The forward pass computes the value and, when z needs a gradient, dL/dz in the same pass over the
 blocks; the backward pass scales that (N, d) gradient by the cotangent. Nothing of size (N, N)
-outlives the forward pass. Differentiable once (no double backward): set
-`hcl_array.losses.USE_FUSED_KERNEL = False` to differentiate the array-API code instead.
+outlives the forward pass. Differentiable once (no double backward): pass kernel="array_api" to
+differentiate the array-API code instead.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from hcl_array import fused, tiled
+from hcl_array import dispatch, fused
 from hcl_array.backends._torch_autograd import saved_gradient_times
+from hcl_array.config import LossConfig
 
 __all__ = ["TorchOps", "FusedLoss", "fused_loss"]
 
@@ -161,7 +163,7 @@ class FusedLoss(torch.autograd.Function):
     """Forward: the value, and dL/dz when z needs a gradient. Backward: that gradient times the cotangent."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig) -> torch.Tensor:
         value, grad = fused.value_and_grad(z, ids, config, TorchOps, want_grad=ctx.needs_input_grad[0])
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -173,9 +175,15 @@ class FusedLoss(torch.autograd.Function):
         return saved_gradient_times(ctx, cotangent)
 
 
-def fused_loss(z: torch.Tensor, ids: torch.Tensor, config: tiled.TiledConfig, *, return_grad: bool = False) -> Any:
+def fused_loss(
+    z: torch.Tensor, ids: torch.Tensor, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False
+) -> Any:
     """The loss with autograd through `FusedLoss`, or (loss, gradient) when return_grad."""
+    del uniforms  # expected negatives only (`fused.supports`)
     if return_grad:
         with torch.no_grad():
             return fused.value_and_grad(z, ids, config, TorchOps)
     return FusedLoss.apply(z, ids, config)
+
+
+dispatch.register("fused", "torch", fused_loss)

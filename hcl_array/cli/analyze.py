@@ -46,30 +46,36 @@ def _fail(console: Console, message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+_RunsArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Checkpoints of `hcl train` or plain embeddings .npz files (embeddings, labels).", show_default=False
+    ),
+]
+_JsonPathArgument = Annotated[
+    Optional[str],
+    typer.Option("--json", help="Write the numbers as JSON to PATH ('-' for stdout).", metavar="PATH"),
+]
+_PlotsArgument = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--plots",
+        help="Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR.",
+        metavar="DIR",
+        file_okay=False,
+    ),
+]
+_EpochArgument = Annotated[
+    Optional[int],
+    typer.Option("--epoch", help="Also plot the class-mean spectrum at recorded epoch E.", metavar="E", min=0),
+]
+
+
 def analyze(
-    runs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Checkpoints of `hcl train` or plain embeddings .npz files (embeddings, labels).", show_default=False
-        ),
-    ],
-    json_path: Annotated[
-        Optional[str],
-        typer.Option("--json", help="Write the numbers as JSON to PATH ('-' for stdout).", metavar="PATH"),
-    ] = None,
-    plots: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--plots",
-            help="Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR.",
-            metavar="DIR",
-            file_okay=False,
-        ),
-    ] = None,
-    epoch: Annotated[
-        Optional[int],
-        typer.Option("--epoch", help="Also plot the class-mean spectrum at recorded epoch E.", metavar="E", min=0),
-    ] = None,
+    runs: _RunsArgument,
+    json_path: _JsonPathArgument = None,
+    plots: _PlotsArgument = None,
+    epoch: _EpochArgument = None,
 ) -> None:
     """Compare runs: neural collapse (the simplex ETF) or dimensional collapse (a spectrum cliff)?"""
     from ..analysis import comparison_rows, final_report, load_runs, reports_to_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -36,103 +36,145 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+_DataOption = Annotated[
+    str,
+    typer.Option(
+        help="Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; "
+        "optional x_test, y_test)."
+    ),
+]
+_DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"
+    ),
+]
+_DataPathOption = Annotated[Optional[Path], typer.Option(help="The .npz file for --data npz. \\[default: none]")]
+_ClassesOption = Annotated[int, typer.Option(help="synthetic: number of latent classes C.")]
+_PerClassOption = Annotated[int, typer.Option(help="synthetic: samples per class (80% train, 20% test).")]
+_InputDimOption = Annotated[int, typer.Option(help="synthetic: input dimension.")]
+_SeparationOption = Annotated[
+    float, typer.Option(help="synthetic: RMS distance between class centres, in noise standard deviations.")
+]
+_NoiseOption = Annotated[float, typer.Option(help="synthetic: noise standard deviation.")]
+_EncoderOption = Annotated[
+    str,
+    typer.Option(
+        help="Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also "
+        "resnet18, resnet50 (needs torchvision)."
+    ),
+]
+_HiddenOption = Annotated[int, typer.Option(help="mlp: hidden width.")]
+_LossOption = Annotated[str, typer.Option(help=f"Loss: {', '.join(LOSSES)}.")]
+_BetaOption = Annotated[
+    Optional[float], typer.Option(help="Hardness beta >= 0 of hscl, hucl, debiased_hcl. \\[default: 5]")
+]
+_TemperatureOption = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Temperature tau > 0. \\[default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 "
+        "ntxent/debiased_hcl]"
+    ),
+]
+_NormalizeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Normalization g: ball (unit-ball clip, the paper), sphere, none. \\[default: ball; sphere for "
+        "supcon, ntxent, debiased_hcl]"
+    ),
+]
+_NegativesOption = Annotated[
+    str,
+    typer.Option(help="expected (exact expectation over the hardened distribution) or sampled (k draws per anchor)."),
+]
+_KOption = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Number of negatives: sampled draws per anchor, or lambda with expected. \\[default: all "
+        "candidates; 256 when sampled]"
+    ),
+]
+_DimOption = Annotated[Optional[int], typer.Option(help="Embedding dimension d. \\[default: C - 1]")]
+_BatchSizeOption = Annotated[int, typer.Option(help="Batch size (the last short batch of an epoch is dropped).")]
+_EpochsOption = Annotated[int, typer.Option(help="Number of epochs (the total, also when resuming).")]
+_LrOption = Annotated[float, typer.Option(help="Learning rate (the paper: Adam, 1e-3).")]
+_OptimizerOption = Annotated[str, typer.Option(help="Optimizer: adam or sgd (momentum 0.9).")]
+_SeedOption = Annotated[int, typer.Option(help="Seed of data, initialization, batches, views and sampled negatives.")]
+_DtypeOption = Annotated[str, typer.Option(help="Parameter and computation dtype: float32 or float64.")]
+_DeviceOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. \\[default: the backend's]"
+    ),
+]
+_BackendOption = Annotated[str, typer.Option(help="Backend: numpy, torch, jax, cupy.")]
+_ViewsOption = Annotated[
+    int,
+    typer.Option(
+        help="Views per sample: 1 (positives share the label, the paper's model), or >= 2 augmented views "
+        "(ucl, hucl, ntxent, debiased_hcl then use instance positives)."
+    ),
+]
+_PaperOption = Annotated[
+    bool,
+    typer.Option(
+        "--paper",
+        help="Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 "
+        "sampled negatives averaged). \\[default: off]",
+    ),
+]
+_OutOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Checkpoint file, rewritten atomically every epoch. \\[default: "
+        "runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"
+    ),
+]
+_ResumeOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Continue the run saved in this checkpoint from its last completed epoch (options not given are "
+        "taken from it). \\[default: none: a new run]"
+    ),
+]
+_QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
+]
+
+
 def train_command(
     ctx: typer.Context,
-    data: str = typer.Option(
-        "synthetic",
-        help=(
-            "Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; "
-            "optional x_test, y_test)."
-        ),
-    ),
-    data_dir: Optional[Path] = typer.Option(
-        None, help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"
-    ),
-    data_path: Optional[Path] = typer.Option(None, help="The .npz file for --data npz. \\[default: none]"),
-    classes: int = typer.Option(10, help="synthetic: number of latent classes C."),
-    per_class: int = typer.Option(100, help="synthetic: samples per class (80% train, 20% test)."),
-    input_dim: int = typer.Option(32, help="synthetic: input dimension."),
-    separation: float = typer.Option(
-        3.0, help="synthetic: RMS distance between class centres, in noise standard deviations."
-    ),
-    noise: float = typer.Option(1.0, help="synthetic: noise standard deviation."),
-    encoder: str = typer.Option(
-        "mlp",
-        help=(
-            "Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also "
-            "resnet18, resnet50 (needs torchvision)."
-        ),
-    ),
-    hidden: int = typer.Option(128, help="mlp: hidden width."),
-    loss: str = typer.Option("hscl", help=f"Loss: {', '.join(LOSSES)}."),
-    beta: Optional[float] = typer.Option(None, help="Hardness beta >= 0 of hscl, hucl, debiased_hcl. \\[default: 5]"),
-    temperature: Optional[float] = typer.Option(
-        None,
-        help=(
-            "Temperature tau > 0. \\[default: the loss's own: 1 for scl/hscl/ucl/hucl, 0.1 supcon, 0.5 "
-            "ntxent/debiased_hcl]"
-        ),
-    ),
-    normalize: Optional[str] = typer.Option(
-        None,
-        help=(
-            "Normalization g: ball (unit-ball clip, the paper), sphere, none. \\[default: ball; sphere for "
-            "supcon, ntxent, debiased_hcl]"
-        ),
-    ),
-    negatives: str = typer.Option(
-        "expected", help="expected (exact expectation over the hardened distribution) or sampled (k draws per anchor)."
-    ),
-    k: Optional[int] = typer.Option(
-        None,
-        help=(
-            "Number of negatives: sampled draws per anchor, or lambda with expected. \\[default: all "
-            "candidates; 256 when sampled]"
-        ),
-    ),
-    dim: Optional[int] = typer.Option(None, help="Embedding dimension d. \\[default: C - 1]"),
-    batch_size: int = typer.Option(128, help="Batch size (the last short batch of an epoch is dropped)."),
-    epochs: int = typer.Option(100, help="Number of epochs (the total, also when resuming)."),
-    lr: float = typer.Option(1e-3, help="Learning rate (the paper: Adam, 1e-3)."),
-    optimizer: str = typer.Option("adam", help="Optimizer: adam or sgd (momentum 0.9)."),
-    seed: int = typer.Option(0, help="Seed of data, initialization, batches, views and sampled negatives."),
-    dtype: str = typer.Option("float32", help="Parameter and computation dtype: float32 or float64."),
-    device: Optional[str] = typer.Option(
-        None, help="Device, e.g. cpu, cuda:0 (torch/cupy), gpu:0 (jax); see `hcl backends`. \\[default: the backend's]"
-    ),
-    backend: str = typer.Option("numpy", help="Backend: numpy, torch, jax, cupy."),
-    views: int = typer.Option(
-        1,
-        help=(
-            "Views per sample: 1 (positives share the label, the paper's model), or >= 2 augmented views "
-            "(ucl, hucl, ntxent, debiased_hcl then use instance positives)."
-        ),
-    ),
-    paper: bool = typer.Option(
-        False,
-        "--paper",
-        help=(
-            "Use the paper code's loss semantics (PAPER_PRESET: ball, tau 1, anchor as own positive, k=256 "
-            "sampled negatives averaged). \\[default: off]"
-        ),
-    ),
-    out: Optional[Path] = typer.Option(
-        None,
-        help=(
-            "Checkpoint file, rewritten atomically every epoch. \\[default: "
-            "runs/<loss>-<data>-seed<seed>.npz; with --resume, that file]"
-        ),
-    ),
-    resume: Optional[Path] = typer.Option(
-        None,
-        help=(
-            "Continue the run saved in this checkpoint from its last completed epoch (options not given are "
-            "taken from it). \\[default: none: a new run]"
-        ),
-    ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"
-    ),
+    data: _DataOption = "synthetic",
+    data_dir: _DataDirOption = None,
+    data_path: _DataPathOption = None,
+    classes: _ClassesOption = 10,
+    per_class: _PerClassOption = 100,
+    input_dim: _InputDimOption = 32,
+    separation: _SeparationOption = 3.0,
+    noise: _NoiseOption = 1.0,
+    encoder: _EncoderOption = "mlp",
+    hidden: _HiddenOption = 128,
+    loss: _LossOption = "hscl",
+    beta: _BetaOption = None,
+    temperature: _TemperatureOption = None,
+    normalize: _NormalizeOption = None,
+    negatives: _NegativesOption = "expected",
+    k: _KOption = None,
+    dim: _DimOption = None,
+    batch_size: _BatchSizeOption = 128,
+    epochs: _EpochsOption = 100,
+    lr: _LrOption = 1e-3,
+    optimizer: _OptimizerOption = "adam",
+    seed: _SeedOption = 0,
+    dtype: _DtypeOption = "float32",
+    device: _DeviceOption = None,
+    backend: _BackendOption = "numpy",
+    views: _ViewsOption = 1,
+    paper: _PaperOption = False,
+    out: _OutOption = None,
+    resume: _ResumeOption = None,
+    quiet: _QuietOption = False,
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
