@@ -190,6 +190,7 @@ class CollapseMonitor:
         if self._probe is not None:
             raise RuntimeError("update() after start_probe(): call reset() to start a new accumulation")
         embeddings, labels = stop_gradient(embeddings), stop_gradient(labels)
+        namespace(embeddings, labels)  # a TypeError naming the mix when they come from different libraries
         if self._state is None:
             xp, dim = namespace(embeddings), embeddings.shape[-1]
             self._state = collapse_init(self.num_classes, dim, xp=xp, dtype=self.dtype, device=device(embeddings))
