@@ -50,12 +50,12 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(inputs, labels), batch_size=BATCH, shuffle=True, generator=generator)
 
 
-def make_trainer(out: Path, callback: CollapseCallback, **options) -> lightning.Trainer:
+def make_trainer(out: Path, callback: CollapseCallback, logger=None, **options) -> lightning.Trainer:
     return lightning.Trainer(
         accelerator="cpu",
         max_epochs=2,
         callbacks=[callback],
-        logger=lightning.pytorch.loggers.CSVLogger(out),
+        logger=lightning.pytorch.loggers.CSVLogger(out) if logger is None else logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -53,6 +53,30 @@ def test_callback_in_a_single_process_trainer(tmp_path, hook):
     assert epochs == {"0", "1"}  # logged at the end of both epochs
 
 
+def test_tensorboard_logger_gets_the_scalars_and_the_spectrum(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hcl_array.integrations.lightning import CollapseCallback
+
+    from .lightning_ddp import NUM_CLASSES, TinyEncoder, loader, make_trainer
+
+    callback = CollapseCallback(NUM_CLASSES)
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = make_trainer(tmp_path, callback, logger=logger, devices=1)
+    trainer.fit(TinyEncoder(), loader())
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0})
+    events.Reload()
+    (final, *_) = reversed(events.Scalars("collapse/etf_distance"))
+    np.testing.assert_allclose(final.value, callback.report["etf_distance"], rtol=1e-6)
+    spectra = events.Histograms("collapse/spectrum")
+    assert [event.step for event in spectra] == [0, 1]  # one per epoch
+    spectrum = callback.report["spectrum"]
+    np.testing.assert_allclose(spectra[-1].histogram_value.sum, spectrum.sum(), rtol=1e-6)
+    assert spectra[-1].histogram_value.num == spectrum.size
+
+
 def test_callback_under_two_process_ddp_on_gloo(tmp_path):
     from .lightning_ddp import NUM_CLASSES, ROWS
 
