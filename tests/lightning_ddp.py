@@ -59,6 +59,7 @@ def make_trainer(out: Path, callback: CollapseCallback, logger=None, **options) 
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        log_every_n_steps=1,
         **options,
     )
 
