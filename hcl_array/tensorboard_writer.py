@@ -94,9 +94,11 @@ class TensorBoardWriter:
         self._write([self._summary.Summary.Value(tag=tag, image=image)], step)
 
     def flush(self) -> None:
+        """Write the pending events to disk."""
         self._writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()
 
     def __enter__(self) -> TensorBoardWriter:
