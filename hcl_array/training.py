@@ -153,13 +153,15 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class EpochReport:
-    """What the callback receives after each epoch: metrics are the history entries of that epoch."""
+    """What the callback receives after each epoch: metrics are the history entries of that epoch, spectrum
+    the class-mean spectrum of the training embeddings (log eigenvalue ratios, descending)."""
 
     epoch: int  # 1-based, completed
     epochs: int
     metrics: dict[str, float]
     seconds: float
     checkpoint: Path | None
+    spectrum: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -396,8 +398,8 @@ def _embed(
     return np.concatenate(parts).astype(np.float64)
 
 
-def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Train and test embeddings g(z) and the epoch's collapse metrics (computed in NumPy float64)."""
+def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+    """Train and test embeddings g(z), the epoch's collapse metrics and class-mean spectrum (NumPy float64)."""
     from . import metrics
 
     dataset, num_classes = run.dataset, run.dataset.num_classes
@@ -416,7 +418,7 @@ def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np
             test_embeddings, dataset.y_test[:test_count], num_classes=num_classes, reference=reference
         )
         scalars["test_mean_classifier_accuracy"] = float(accuracy)
-    return train_embeddings, test_embeddings, scalars
+    return train_embeddings, test_embeddings, scalars, report["spectrum"]
 
 
 def _checkpoint(run: _Run, epoch: int, train_embeddings: np.ndarray, test_embeddings: np.ndarray) -> Checkpoint:
@@ -481,7 +483,7 @@ def train(
             arguments = _batch_arguments(run, indices, epoch, batch_number)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
             batch_losses.append(float(run.backend.to_numpy(value)))
-        train_embeddings, test_embeddings, scalars = _evaluate(run, embed_fn)
+        train_embeddings, test_embeddings, scalars, spectrum = _evaluate(run, embed_fn)
         scalars = {"loss": float(np.mean(batch_losses)), **scalars}
         for key, value in scalars.items():
             run.history.setdefault(key, []).append(value)
@@ -490,7 +492,8 @@ def train(
         if path is not None:
             save_checkpoint(path, checkpoint)
         if callback is not None:
-            callback(EpochReport(epoch + 1, config.epochs, scalars, time.perf_counter() - epoch_started, path))
+            seconds = time.perf_counter() - epoch_started
+            callback(EpochReport(epoch + 1, config.epochs, scalars, seconds, path, spectrum))
     if checkpoint is None:  # resumed at or past the last epoch: nothing left to train
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,6 +16,7 @@ from rich.table import Table
 from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DATASET_NAMES
+from ..tensorboard_writer import TensorBoardWriter, TrainingLogger
 from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, train
 
 #: Errors a user can fix: shown as one line, never as a traceback.
@@ -142,6 +144,14 @@ _QuietOption = Annotated[
     typer.Option("--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
 ]
 
+_TensorboardOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Write TensorBoard events to this folder: every epoch's metrics (train/loss, collapse/..., test/...), "
+        "the class-mean spectrum, the configuration (needs the tensorboard package). \\[default: none]"
+    ),
+]
+
 
 def train_command(
     ctx: typer.Context,
@@ -175,13 +185,14 @@ def train_command(
     out: _OutOption = None,
     resume: _ResumeOption = None,
     quiet: _QuietOption = False,
+    tensorboard: _TensorboardOption = None,
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
     try:
         config = _config(ctx, given, resume)
         target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
-        result = _run(config, target, resume, quiet)
+        result = _run(config, target, resume, quiet, tensorboard)
     except USER_ERRORS as error:
         raise fail(str(error)) from None
     if quiet:
@@ -214,9 +225,20 @@ def _source(ctx: typer.Context, name: str) -> str:
     return getattr(source, "name", "DEFAULT")
 
 
-def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) -> TrainResult:
+def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool, tensorboard: Path | None) -> TrainResult:
+    if tensorboard is None:
+        return _train_with_progress(config, target, resume, quiet, [])
+    config.validate()  # a bad option fails before the event file is made
+    with TensorBoardWriter(tensorboard) as writer:
+        return _train_with_progress(config, target, resume, quiet, [TrainingLogger(writer, config)])
+
+
+def _train_with_progress(
+    config: TrainConfig, target: Path, resume: Path | None, quiet: bool, loggers: list[Callable[[EpochReport], None]]
+) -> TrainResult:
+    """train() with the epoch callbacks `loggers`, plus a progress bar unless quiet."""
     if quiet:
-        return train(config, out=target, resume_from=resume)
+        return train(config, out=target, resume_from=resume, callback=lambda report: _each(loggers, report))
     # Started at the first epoch's report, so that a setup error (bad data dir, backend) prints no bar.
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -233,11 +255,17 @@ def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) ->
             name = f"{config.loss} on {config.backend}"
             tasks.append(progress.add_task("", total=report.epochs, completed=report.epoch - 1, name=name))
         progress.update(tasks[0], completed=report.epoch, description=_epoch_line(report.metrics))
+        _each(loggers, report)
 
     try:
         return train(config, out=target, resume_from=resume, callback=show)
     finally:
         progress.stop()
+
+
+def _each(callbacks: list[Callable[[EpochReport], None]], report: EpochReport) -> None:
+    for callback in callbacks:
+        callback(report)
 
 
 def _epoch_line(metrics: dict[str, float]) -> str:
