@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,6 +69,9 @@ def reproduce_command(
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
+    except BrokenProcessPool:
+        message = "a worker process stopped abruptly (killed, or out of memory); run the command again to resume"
+        raise fail(f"{message}, perhaps with fewer --jobs") from None
     except KeyboardInterrupt:
         progress.stop()
         done = sum(counts.values())

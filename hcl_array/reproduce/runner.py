@@ -200,18 +200,22 @@ def _run_in_workers(
                 outcomes[index] = RunOutcome(spec, "resumed" if start > 0 else "trained", start, seconds)
                 done(outcomes[index])
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
         _stop_workers(executor)
         raise
     executor.shutdown(wait=True)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
-    # A worker mid-run would otherwise finish its whole run; its checkpoint is complete up to its last epoch,
-    # so stopping it loses at most one epoch. ProcessPoolExecutor has no public terminate before Python 3.14.
+    """Cancel the runs not started and terminate the workers mid-run.
+
+    A worker would otherwise finish its whole run; its checkpoint is complete up to its last epoch, so
+    stopping it loses at most that epoch. ProcessPoolExecutor has no public terminate before Python 3.14.
+    """
     terminate = getattr(executor, "terminate_workers", None)
     if terminate is not None:
         terminate()
         return
-    for process in list(getattr(executor, "_processes", {}).values()):
+    workers = list((getattr(executor, "_processes", None) or {}).values())  # before shutdown clears it
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
         process.terminate()
