@@ -243,3 +243,27 @@ def available_devices() -> list[str]:
         return get_backend("torch").devices()
     except BackendUnavailable:
         return []
+
+
+def _docs_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproducing_docs", ROOT / "scripts" / "reproducing_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["digits", "synthetic"])
+def test_docs_tables_are_the_stored_reports(preset) -> None:
+    generator = _docs_generator()
+    page = (ROOT / "docs" / "reproducing.md").read_text()
+    report = json.loads((ROOT / "docs" / "reports" / f"{preset}.json").read_text())
+    assert f"<!-- report:{preset} -->\n\n{generator.report_block(preset, report)}\n<!-- /report:{preset} -->" in page
+    assert f"<!-- paper-reference -->\n\n{generator.paper_block()}\n<!-- /paper-reference -->" in page
+    assert (
+        report["epochs"] == PRESETS[preset].config(Setting("scl"), 0).epochs
+        and len(report["settings"][0]["seeds"]) == 3
+    )
+    for name in ("spectrum.png", "conditions.png"):
+        assert (ROOT / "docs" / "figures" / f"reproduce-{preset}" / name).is_file()

@@ -45,27 +45,17 @@ def reproduce_command(
     from ..reproduce import reproduce
 
     target = out or Path(f"reproduce-{preset}")
-    progress = Progress(
-        TextColumn("[bold]runs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-    )
-    task: list[Any] = []
-    counts = {"reused": 0, "resumed": 0, "trained": 0}
-
-    def planned(specs: list[Any]) -> None:
-        progress.start()
-        task.append(progress.add_task("", total=len(specs)))
-
-    def finished(outcome: Any) -> None:
-        counts[outcome.status] += 1
-        progress.update(task[0], advance=1, description=f"{outcome.status} {outcome.spec.path.name}")
-
+    progress = _RunProgress()
     try:
         result = reproduce(
-            preset, target, seeds=seeds, jobs=jobs, epochs=epochs, data_dir=data_dir, on_plan=planned, on_run=finished
+            preset,
+            target,
+            seeds=seeds,
+            jobs=jobs,
+            epochs=epochs,
+            data_dir=data_dir,
+            on_plan=progress.planned,
+            on_run=progress.finished,
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
@@ -74,15 +64,36 @@ def reproduce_command(
         raise fail(f"{message}, perhaps with fewer --jobs") from None
     except KeyboardInterrupt:
         progress.stop()
-        done = sum(counts.values())
+        done = sum(progress.counts.values())
         message = f"interrupted after {done} finished runs; run the same command again to resume the rest"
         Console(stderr=True).print(f"[yellow]{escape(message)}[/]", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         progress.stop()
-    _print_summary(result, target, counts)
+    _print_summary(result, target, progress.counts)
     if check and not result.all_hold:
         raise typer.Exit(1)
+
+
+class _RunProgress:
+    """A rich bar of the runs done out of the total, started once the grid is planned (not on a setup error)."""
+
+    def __init__(self) -> None:
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+        self.bar = Progress(TextColumn("[bold]runs"), *columns)
+        self.task: Any = None
+        self.counts = {"reused": 0, "resumed": 0, "trained": 0}
+
+    def planned(self, specs: list[Any]) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("", total=len(specs))
+
+    def finished(self, outcome: Any) -> None:
+        self.counts[outcome.status] += 1
+        self.bar.update(self.task, advance=1, description=f"{outcome.status} {outcome.spec.path.name}")
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
 def _print_summary(result: Any, target: Path, counts: dict[str, int]) -> None:

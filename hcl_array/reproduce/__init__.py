@@ -81,7 +81,7 @@ def reproduce(
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    data_dir = None if data_dir is None else str(data_dir)
+    data_dir = None if data_dir is None else str(Path(data_dir).resolve())  # the same folder, however it is named
     check_requirements(preset, data_dir)
     specs = plan_runs(preset, out, seeds, epochs=epochs, data_dir=data_dir)
     outcomes = run_grid(specs, jobs=jobs or default_jobs(preset), on_plan=on_plan, on_done=on_run)

@@ -183,6 +183,8 @@ def check_requirements(preset: Preset, data_dir: str | Path | None) -> None:
     Raises ValueError / FileNotFoundError / BackendUnavailable with a one-line message naming the fix.
     """
     data = preset.base.get("data")
+    if data not in ("cifar10", "cifar100") and data_dir is not None:
+        raise ValueError(f"--data-dir is for the cifar100 preset; {preset.name} reads no data files, leave it out")
     if data in ("cifar10", "cifar100"):
         if data_dir is None:
             raise ValueError(f"preset {preset.name} needs --data-dir, the folder holding the {data} files")
