@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from hcl_array.checkpoint import load_checkpoint
 from hcl_array.cli.app import app
 from hcl_array.reproduce import PRESETS, Preset, Setting, check_claims, summarize
+from hcl_array.reproduce.runner import THREAD_VARIABLES, single_threaded_pool
 from hcl_array.training import train
 
 runner = CliRunner()
@@ -170,6 +171,26 @@ def test_grid_reports_the_runs_reuses_them_and_checks(tmp_path, monkeypatch) -> 
     assert "runs: 12 reused, 0 resumed, 0 trained" in checked.output
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").iterdir()} == stamps
     assert json.loads((tmp_path / "report.json").read_text())["settings"] == report["settings"]
+
+
+def _worker_threads() -> dict[str, object]:
+    """What a worker sees: the thread variables and the thread counts of the BLAS/OpenMP pools numpy loaded."""
+    import threadpoolctl
+
+    pools = {info["internal_api"]: info["num_threads"] for info in threadpoolctl.threadpool_info()}
+    return {**{name: os.environ.get(name) for name in THREAD_VARIABLES}, **pools}
+
+
+def test_workers_are_single_threaded() -> None:
+    pytest.importorskip("threadpoolctl")
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    with single_threaded_pool(2) as pool:
+        seen = [future.result() for future in [pool.submit(_worker_threads) for _ in range(2)]]
+    for threads in seen:
+        assert {name: threads[name] for name in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, "1")
+        pools = {name: count for name, count in threads.items() if name not in THREAD_VARIABLES}
+        assert pools and all(count == 1 for count in pools.values()), threads
+    assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == before  # this process is left as it was
 
 
 def _state(path: Path) -> tuple[int, int, bytes] | None:

@@ -26,7 +26,15 @@ from ..checkpoint import load_checkpoint
 from ..training import RESUMABLE_CHANGES, TrainConfig, train
 from .presets import Preset
 
-__all__ = ["RunOutcome", "RunSpec", "THREAD_VARIABLES", "completed_epochs", "plan_runs", "run_grid"]
+__all__ = [
+    "RunOutcome",
+    "RunSpec",
+    "THREAD_VARIABLES",
+    "completed_epochs",
+    "plan_runs",
+    "run_grid",
+    "single_threaded_pool",
+]
 
 #: Environment variables that fix the thread pools of OpenMP, MKL, OpenBLAS, Accelerate and numexpr.
 THREAD_VARIABLES = (
@@ -171,26 +179,39 @@ def run_grid(
     return [outcomes[index] for index in range(len(specs))]
 
 
+@contextlib.contextmanager
+def single_threaded_pool(jobs: int, backend: str = "") -> Iterator[ProcessPoolExecutor]:
+    """A pool of `jobs` spawned worker processes, each single-threaded; submit inside the `with` block.
+
+    Workers start at submission and inherit the environment, in which the block sets THREAD_VARIABLES to
+    1 (restored after); torch workers also set torch's own pools to one thread. On an error or interrupt
+    in the block, runs not started are cancelled and the workers terminated; otherwise the pool is shut down.
+    """
+    executor = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(backend,)
+    )
+    try:
+        with _single_threaded_children():
+            yield executor
+    except BaseException:
+        _stop_workers(executor)
+        raise
+    executor.shutdown(wait=True)
+
+
 def _run_in_workers(
     pending: list[tuple[int, RunSpec, int]],
     jobs: int,
     outcomes: dict[int, RunOutcome],
     done: Callable[[RunOutcome], None],
 ) -> None:
-    """Submit the pending runs and record each as it completes; stop every worker on an error or interrupt."""
+    """Submit the pending runs and record each as it completes."""
     backends = {spec.config.backend for _, spec, _ in pending}
-    executor = ProcessPoolExecutor(
-        max_workers=min(jobs, len(pending)),
-        mp_context=get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(backends.pop() if len(backends) == 1 else "",),
-    )
-    try:
-        with _single_threaded_children():  # workers are started at submission and inherit this environment
-            futures: dict[Future[float], tuple[int, RunSpec, int]] = {
-                executor.submit(_train_run, spec.config, spec.path, start > 0): (index, spec, start)
-                for index, spec, start in pending
-            }
+    with single_threaded_pool(min(jobs, len(pending)), backends.pop() if len(backends) == 1 else "") as pool:
+        futures: dict[Future[float], tuple[int, RunSpec, int]] = {
+            pool.submit(_train_run, spec.config, spec.path, start > 0): (index, spec, start)
+            for index, spec, start in pending
+        }
         waiting = set(futures)
         while waiting:
             finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
@@ -199,10 +220,6 @@ def _run_in_workers(
                 seconds = future.result()
                 outcomes[index] = RunOutcome(spec, "resumed" if start > 0 else "trained", start, seconds)
                 done(outcomes[index])
-    except BaseException:
-        _stop_workers(executor)
-        raise
-    executor.shutdown(wait=True)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
