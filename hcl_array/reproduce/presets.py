@@ -155,7 +155,7 @@ PRESETS: dict[str, Preset] = {
 #: The paper's numbers (CIFAR-100, ResNet-50, d = 99, from its released notebooks; end of training), by
 #: setting name: mean-classifier test accuracy (%), equal inner product, significant class-mean directions.
 PAPER_REFERENCE: dict[str, dict[str, str]] = {
-    "scl": {"test_acc": "10.4", "equal_inner_product": "about 0.23", "directions": "about 9 of 99"},
+    "scl": {"test_acc": "10.4", "equal_inner_product": "about 0.23", "directions": "about 9"},
     "hscl-beta2": {"test_acc": "31.9", "equal_inner_product": "about 0.045", "directions": "about 45"},
     "hscl-beta5": {"test_acc": "58.4", "equal_inner_product": "about 0", "directions": "flat to about 97"},
     "hscl-beta10": {"test_acc": "57.1", "equal_inner_product": "about 0", "directions": "flat, all 99"},
