@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ FINAL_METRICS = (
 _CONDITIONS = ("unit_norm", "zero_sum", "equal_inner_product", "within_class_variation")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SettingResult:
     """One setting over its seeds: final summaries, final spectra (seeds, d) and per-epoch histories."""
 
@@ -59,18 +59,19 @@ class SettingResult:
     seeds: list[int]
     finals: dict[str, dict[str, Any]]
     spectra: np.ndarray
-    histories: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # (epochs, (seeds, E))
-    num_classes: int = 0
-    dim: int = 0
+    histories: dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (epochs, values (seeds, epochs))
+    num_classes: int
+    dim: int
 
 
-def _final_spectrum(path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+def _read_run(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """(final class-mean spectrum, history, config) of one run's checkpoint."""
     from ..metrics import class_mean_spectrum
 
     run = load_checkpoint(path)
     num_classes = int(run.config["num_classes"])
     spectrum = class_mean_spectrum(run.train_embeddings, run.train_labels, num_classes=num_classes)
-    return np.asarray(spectrum, dtype=np.float64), run.config, run.history
+    return np.asarray(spectrum, dtype=np.float64), run.history, run.config
 
 
 def collect_results(preset: Preset, specs: Sequence[RunSpec]) -> list[SettingResult]:
@@ -80,17 +81,13 @@ def collect_results(preset: Preset, specs: Sequence[RunSpec]) -> list[SettingRes
         runs = [spec for spec in specs if spec.setting == setting.name]
         if not runs:
             continue
-        spectra, histories, config = [], [], {}
-        for spec in runs:
-            spectrum, config, history = _final_spectrum(spec.path)
-            spectra.append(spectrum)
-            histories.append(history)
+        spectra, histories, configs = zip(*(_read_run(spec.path) for spec in runs), strict=True)
         finals = {metric: summarize([h[metric][-1] for h in histories]) for metric in FINAL_METRICS}
         epochs = np.arange(1, len(histories[0]["loss"]) + 1)
         curves = {key: (epochs, np.stack([h[key] for h in histories])) for key in _CONDITIONS}
-        result = SettingResult(setting, [spec.seed for spec in runs], finals, np.stack(spectra), curves)
-        result.num_classes, result.dim = int(config["num_classes"]), int(config["dim"])
-        results.append(result)
+        seeds = [spec.seed for spec in runs]
+        num_classes, dim = int(configs[0]["num_classes"]), int(configs[0]["dim"])
+        results.append(SettingResult(setting, seeds, finals, np.stack(spectra), curves, num_classes, dim))
     return results
 
 
