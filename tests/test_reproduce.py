@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hcl_array.checkpoint import load_checkpoint
 from hcl_array.cli.app import app
-from hcl_array.reproduce import PRESETS, Preset, Setting, check_claims, summarize
+from hcl_array.reproduce import PRESETS, Preset, Setting, check_claims, reproduce, summarize
 from hcl_array.reproduce.runner import THREAD_VARIABLES, single_threaded_pool
 from hcl_array.training import train
 
@@ -126,11 +126,12 @@ def test_claims_hold_on_the_papers_shape_and_each_fails_on_its_counterexample() 
 
 
 def test_grid_reports_the_runs_reuses_them_and_checks(tmp_path, monkeypatch) -> None:
-    monkeypatch.setitem(PRESETS, "tiny", TINY)
-    args = ["reproduce", "tiny", "--seeds", "2", "--jobs", "2", "--epochs", "3", "--out", str(tmp_path)]
-    first = runner.invoke(app, args, env={"COLUMNS": "200"})
-    assert first.exit_code == 0, first.output
-    assert "runs: 0 reused, 0 resumed, 12 trained" in first.output
+    epochs: dict[str, list[int]] = {}
+    first = reproduce(
+        TINY, tmp_path, seeds=2, jobs=2, epochs=3, on_epoch=lambda s, e: epochs.setdefault(s.path.stem, []).append(e)
+    )
+    assert [outcome.status for outcome in first.outcomes] == ["trained"] * 12
+    assert epochs == {f"{s.name}-seed{k}": [1, 2, 3] for s in TINY.settings for k in (0, 1)}  # reported as trained
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["preset"] == "tiny" and report["epochs"] == 3 and report["dim"] == 3
     assert [s["name"] for s in report["settings"]] == [s.name for s in TINY.settings]
@@ -166,7 +167,9 @@ def test_grid_reports_the_runs_reuses_them_and_checks(tmp_path, monkeypatch) -> 
     np.testing.assert_allclose(worker.class_means, alone.checkpoint.class_means, rtol=1e-5, atol=1e-6)
 
     stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").iterdir()}
-    checked = runner.invoke(app, [*args, "--check"], env={"COLUMNS": "200"})
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    args = ["reproduce", "tiny", "--seeds", "2", "--jobs", "2", "--epochs", "3", "--out", str(tmp_path), "--check"]
+    checked = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert checked.exit_code == (0 if all(claim["holds"] for claim in claims.values()) else 1)
     assert "runs: 12 reused, 0 resumed, 0 trained" in checked.output
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").iterdir()} == stamps

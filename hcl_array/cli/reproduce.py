@@ -56,6 +56,7 @@ def reproduce_command(
             data_dir=data_dir,
             on_plan=progress.planned,
             on_run=progress.finished,
+            on_epoch=progress.epoch,
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
@@ -91,6 +92,9 @@ class _RunProgress:
     def finished(self, outcome: Any) -> None:
         self.counts[outcome.status] += 1
         self.bar.update(self.task, advance=1, description=f"{outcome.status} {outcome.spec.path.name}")
+
+    def epoch(self, spec: Any, epoch: int) -> None:
+        self.bar.update(self.task, description=f"{spec.path.stem}: epoch {epoch}/{spec.config.epochs}")
 
     def stop(self) -> None:
         self.bar.stop()

@@ -74,17 +74,20 @@ def reproduce(
     data_dir: str | Path | None = None,
     on_plan: Callable[[list[RunSpec]], None] | None = None,
     on_run: Callable[[RunOutcome], None] | None = None,
+    on_epoch: Callable[[RunSpec, int], None] | None = None,
 ) -> ReproduceResult:
     """Train (or reuse, or resume) every run of the preset's grid, test the claims, write the report to `out`.
 
-    on_plan(specs) is called once the existing checkpoints are checked, on_run(outcome) as each run finishes.
+    on_plan(specs) is called once the existing checkpoints are checked, on_epoch(spec, epoch) as a run
+    completes an epoch, on_run(outcome) as each run finishes.
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())  # the same folder, however it is named
     check_requirements(preset, data_dir)
     specs = plan_runs(preset, out, seeds, epochs=epochs, data_dir=data_dir)
-    outcomes = run_grid(specs, jobs=jobs or default_jobs(preset), on_plan=on_plan, on_done=on_run)
+    jobs = jobs or default_jobs(preset)
+    outcomes = run_grid(specs, jobs=jobs, on_plan=on_plan, on_done=on_run, on_epoch=on_epoch)
     results = collect_results(preset, specs)
     finals = {result.setting.name: result.finals for result in results}
     claims = check_claims(preset, finals)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import load_checkpoint
 from ..training import RESUMABLE_CHANGES, TrainConfig, train
@@ -130,8 +132,13 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _start_worker(backend: str) -> None:
-    """Worker initializer: torch keeps its own thread pools besides OpenMP's; pin both to one thread."""
+_EPOCHS: Any = None  # in a worker: the queue that carries (checkpoint path, epoch) to the main process
+
+
+def _start_worker(backend: str, epochs: Any = None) -> None:
+    """Worker initializer: keep the epoch queue; torch keeps its own thread pools besides OpenMP's, pin both to 1."""
+    global _EPOCHS
+    _EPOCHS = epochs
     if backend == "torch":
         import torch
 
@@ -143,7 +150,9 @@ def _start_worker(backend: str) -> None:
 def _train_run(config: TrainConfig, path: Path, resume: bool) -> float:
     """Train (or resume) one run into `path`; the seconds it took. Runs in a worker process."""
     started = time.perf_counter()
-    train(config, out=path, resume_from=path if resume else None)
+    epochs = _EPOCHS
+    callback = None if epochs is None else lambda report: epochs.put((str(path), report.epoch))
+    train(config, out=path, resume_from=path if resume else None, callback=callback)
     return time.perf_counter() - started
 
 
@@ -153,12 +162,14 @@ def run_grid(
     jobs: int,
     on_plan: Callable[[list[RunSpec]], None] | None = None,
     on_done: Callable[[RunOutcome], None] | None = None,
+    on_epoch: Callable[[RunSpec, int], None] | None = None,
 ) -> list[RunOutcome]:
     """Bring every run to its last epoch with `jobs` worker processes; one outcome per spec, in spec order.
 
-    Every existing checkpoint is checked first (completed_epochs); then on_plan(specs) is called, and
-    on_done(outcome) in this process as each run finishes (reused runs first). An error in a run, or an
-    interrupt, stops the workers (their checkpoints are complete up to their last epoch) and is raised.
+    Every existing checkpoint is checked first (completed_epochs); then on_plan(specs) is called,
+    on_epoch(spec, epoch) as a worker completes an epoch, and on_done(outcome) as each run finishes (reused
+    runs first), all in this process. An error in a run, or an interrupt, stops the workers (their
+    checkpoints are complete up to their last epoch) and is raised.
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
@@ -175,20 +186,21 @@ def run_grid(
         else:
             pending.append((index, spec, start))
     if pending:
-        _run_in_workers(pending, jobs, outcomes, done)
+        _run_in_workers(pending, jobs, outcomes, done, on_epoch or (lambda spec, epoch: None))
     return [outcomes[index] for index in range(len(specs))]
 
 
 @contextlib.contextmanager
-def single_threaded_pool(jobs: int, backend: str = "") -> Iterator[ProcessPoolExecutor]:
+def single_threaded_pool(jobs: int, backend: str = "", epochs: Any = None) -> Iterator[ProcessPoolExecutor]:
     """A pool of `jobs` spawned worker processes, each single-threaded; submit inside the `with` block.
 
     Workers start at submission and inherit the environment, in which the block sets THREAD_VARIABLES to
-    1 (restored after); torch workers also set torch's own pools to one thread. On an error or interrupt
-    in the block, runs not started are cancelled and the workers terminated; otherwise the pool is shut down.
+    1 (restored after); torch workers also set torch's own pools to one thread. `epochs`: a queue of the
+    spawn context, on which the runs put (checkpoint path, epoch) after every epoch. On an error or
+    interrupt in the block, runs not started are cancelled and the workers terminated.
     """
     executor = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(backend,)
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(backend, epochs)
     )
     try:
         with _single_threaded_children():
@@ -204,22 +216,41 @@ def _run_in_workers(
     jobs: int,
     outcomes: dict[int, RunOutcome],
     done: Callable[[RunOutcome], None],
+    on_epoch: Callable[[RunSpec, int], None],
 ) -> None:
-    """Submit the pending runs and record each as it completes."""
+    """Submit the pending runs, pass on their epochs, and record each run as it completes."""
     backends = {spec.config.backend for _, spec, _ in pending}
-    with single_threaded_pool(min(jobs, len(pending)), backends.pop() if len(backends) == 1 else "") as pool:
+    by_path = {str(spec.path): spec for _, spec, _ in pending}
+
+    def forward(path: str, epoch: int) -> None:
+        on_epoch(by_path[path], epoch)
+
+    epochs = get_context("spawn").Queue()
+    with single_threaded_pool(min(jobs, len(pending)), backends.pop() if len(backends) == 1 else "", epochs) as pool:
         futures: dict[Future[float], tuple[int, RunSpec, int]] = {
             pool.submit(_train_run, spec.config, spec.path, start > 0): (index, spec, start)
             for index, spec, start in pending
         }
         waiting = set(futures)
         while waiting:
-            finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            finished, waiting = wait(waiting, timeout=0.25, return_when=FIRST_COMPLETED)
+            _drain(epochs, forward)
             for future in finished:
                 index, spec, start = futures[future]
                 seconds = future.result()
                 outcomes[index] = RunOutcome(spec, "resumed" if start > 0 else "trained", start, seconds)
                 done(outcomes[index])
+    _drain(epochs, forward)  # the workers have exited, so every epoch they reported is in the queue now
+
+
+def _drain(epochs: Any, report: Callable[[str, int], None]) -> None:
+    """Pass every (path, epoch) waiting in the queue to `report`."""
+    while True:
+        try:
+            path, epoch = epochs.get_nowait()
+        except queue.Empty:
+            return
+        report(path, epoch)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
