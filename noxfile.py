@@ -5,11 +5,14 @@
     nox -s lightly           # lightly's NTXentLoss parity (needs torch 2.14.1 + torchvision 0.29.1)
     nox -s docs              # mkdocs build --strict
     nox -s bench             # the benchmark tables in docs/performance.md
+    nox -s reproduce         # hcl reproduce digits --check: the paper's claims on real data, 3 seeds
 
 The CPU build of PyTorch is pinned by constraints-cpu.txt; the project's own ranges stay loose.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -80,3 +83,15 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same process, written to docs/."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
     session.run("python", "bench/bench_losses.py", *session.posargs)
+
+
+@nox.session(default=False)
+def reproduce(session: nox.Session) -> None:
+    """The paper's claims on real data: `hcl reproduce digits --check` in full (3 seeds, a few minutes).
+
+    Extra arguments go to the command, e.g. `nox -s reproduce -- --jobs 4 --out repro`.
+    """
+    session.install(*CONSTRAINTS, "-e", ".[cli]")
+    out = ["--out", str(Path(session.create_tmp()) / "reproduce-digits")]
+    args = session.posargs if "--out" in session.posargs else [*out, *session.posargs]
+    session.run("hcl", "reproduce", "digits", "--check", *args)

@@ -61,6 +61,17 @@ def _integer_x(axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _line(axes, x: np.ndarray, values: np.ndarray, label: str, style: Mapping[str, object], **options: object) -> None:
+    """values (n,): one line; (seeds, n): the mean over seeds, in a band of mean ± one standard deviation."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        axes.plot(x, values, label=label, **style, **options)
+        return
+    mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
+    axes.plot(x, mean, label=label, **style, **options)
+    axes.fill_between(x, mean - std, mean + std, color=style.get("color"), alpha=0.2, linewidth=0)
+
+
 def spectrum_figure(
     spectra: Mapping[str, np.ndarray],
     *,
@@ -70,14 +81,16 @@ def spectrum_figure(
 ) -> Figure:
     """Class-mean spectrum log(s_k/s_max) against k, one line per run; dashed: flat 0 over C-1 values.
 
+    A (seeds, k) array draws the mean over seeds with a band of one standard deviation.
+
     `num_classes` sets the target (the simplex ETF has C-1 equal singular values); None omits it.
     """
     styles = styles or run_styles(list(spectra))
     figure = _new_figure(1, width=6.0)
     axes = figure.add_subplot()
     for name, spectrum in spectra.items():
-        index = np.arange(1, len(spectrum) + 1)
-        axes.plot(index, spectrum, marker="." if len(spectrum) <= 30 else None, label=name, **styles[name])
+        length = np.shape(spectrum)[-1]
+        _line(axes, np.arange(1, length + 1), spectrum, name, styles[name], marker="." if length <= 30 else None)
     if num_classes is not None and num_classes > 1:
         axes.plot([1, num_classes - 1], [0.0, 0.0], **_TARGET_STYLE)
     axes.set(
@@ -94,7 +107,10 @@ def spectrum_figure(
 def history_figure(
     series: Series, metrics: Sequence[str], *, title: str, styles: Mapping[str, Mapping[str, object]] | None = None
 ) -> Figure:
-    """One panel per metric key: its value over epochs for each run that has it, dashed at its NC target."""
+    """One panel per metric key: its value over epochs for each run that has it, dashed at its NC target.
+
+    Values of shape (seeds, epochs) draw the mean over seeds with a band of one standard deviation.
+    """
     styles = styles or run_styles(list(series))
     # Four panels read better as a 2 x 2 grid than as one wide strip.
     columns = 2 if len(metrics) == 4 else len(metrics)
@@ -106,7 +122,7 @@ def history_figure(
         for name, run_series in series.items():
             if key in run_series:
                 epochs, values = run_series[key]
-                axes.plot(epochs, values, label=name, **styles[name])
+                _line(axes, epochs, values, name, styles[name])
         if info.target is not None:
             axes.axhline(info.target, **_TARGET_STYLE)
         if key == "nc1":  # NC1 spans decades on its way to 0; symlog shows both the decay and the target

@@ -6,6 +6,7 @@ import typer
 
 from .analyze import analyze
 from .backends import backends_command
+from .reproduce import reproduce_command
 from .train import train_command
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command("train")(train_command)
 app.command("analyze")(analyze)
 app.command("backends")(backends_command)
+app.command("reproduce")(reproduce_command)
 
 
 def main() -> None:

@@ -1,0 +1,262 @@
+"""The outputs of `hcl reproduce`: report.json, report.md and figures/, from the grid's checkpoints.
+
+Final values are the last entries of each run's `history/<metric>` (what `hcl train` recorded after its
+last epoch); the final class-mean spectrum is recomputed from the run's training embeddings. Each setting
+is summarized over its seeds (claims.summarize). report.md is rendered from the JSON report alone, so the
+tables in docs/reproducing.md can be regenerated from a saved report.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import library_versions, load_checkpoint
+from .claims import Claim, summarize
+from .presets import PAPER_REFERENCE, Preset, Setting, preset_fields
+from .runner import RunSpec
+
+__all__ = [
+    "FINAL_METRICS",
+    "SettingResult",
+    "build_report",
+    "collect_results",
+    "format_summary",
+    "report_markdown",
+    "write_outputs",
+]
+
+#: The final metrics summarized per setting (keys of the checkpoint's history).
+FINAL_METRICS = (
+    "test_mean_classifier_accuracy",
+    "mean_classifier_accuracy",
+    "equal_inner_product",
+    "etf_distance",
+    "zero_sum",
+    "unit_norm",
+    "within_class_variation",
+    "nc1",
+    "significant_directions",
+    "loss",
+)
+_CONDITIONS = ("unit_norm", "zero_sum", "equal_inner_product", "within_class_variation")
+
+
+@dataclass(frozen=True)
+class SettingResult:
+    """One setting over its seeds: final summaries, final spectra (seeds, d) and per-epoch histories."""
+
+    setting: Setting
+    seeds: list[int]
+    finals: dict[str, dict[str, Any]]
+    spectra: np.ndarray
+    histories: dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (epochs, values (seeds, epochs))
+    num_classes: int
+    dim: int
+
+
+def _read_run(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """(final class-mean spectrum, history, config) of one run's checkpoint."""
+    from ..metrics import class_mean_spectrum
+
+    run = load_checkpoint(path)
+    num_classes = int(run.config["num_classes"])
+    spectrum = class_mean_spectrum(run.train_embeddings, run.train_labels, num_classes=num_classes)
+    return np.asarray(spectrum, dtype=np.float64), run.history, run.config
+
+
+def collect_results(preset: Preset, specs: Sequence[RunSpec]) -> list[SettingResult]:
+    """Read every finished run of `specs` and group them by setting, in the preset's order."""
+    results = []
+    for setting in preset.settings:
+        runs = [spec for spec in specs if spec.setting == setting.name]
+        if not runs:
+            continue
+        spectra, histories, configs = zip(*(_read_run(spec.path) for spec in runs), strict=True)
+        finals = {metric: summarize([h[metric][-1] for h in histories]) for metric in FINAL_METRICS}
+        epochs = np.arange(1, len(histories[0]["loss"]) + 1)
+        curves = {key: (epochs, np.stack([h[key] for h in histories])) for key in _CONDITIONS}
+        seeds = [spec.seed for spec in runs]
+        num_classes, dim = int(configs[0]["num_classes"]), int(configs[0]["dim"])
+        results.append(SettingResult(setting, seeds, finals, np.stack(spectra), curves, num_classes, dim))
+    return results
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (a metric a run could not measure)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def build_report(
+    preset: Preset, results: Sequence[SettingResult], claims: Sequence[Claim], *, epochs: int, data_dir: str | None
+) -> dict[str, Any]:
+    """The report.json object: preset, shared configuration, per-setting summaries, claims and verdicts."""
+    config = preset_fields(preset) | {"epochs": epochs, "data_dir": data_dir}
+    first = results[0]
+    settings = [
+        {
+            "name": result.setting.name,
+            "label": result.setting.label,
+            "loss": result.setting.loss,
+            "beta": result.setting.beta,
+            "seeds": result.seeds,
+            "final": result.finals,
+            "paper": PAPER_REFERENCE.get(result.setting.name),
+        }
+        for result in results
+    ]
+    report = {
+        "preset": preset.name,
+        "description": preset.description,
+        "epochs": epochs,
+        "num_classes": first.num_classes,
+        "dim": first.dim,
+        "config": config,
+        "settings": settings,
+        "claims": [
+            {"id": claim.id, "statement": claim.statement, "holds": claim.holds, "evidence": claim.evidence}
+            for claim in claims
+        ],
+        "versions": library_versions(),
+    }
+    return _json_safe(report)
+
+
+def format_summary(summary: Mapping[str, Any] | None, scale: float = 1.0) -> str:
+    """'mean ± std' of a summary times `scale` (3 significant digits, the std to 1); '-' when it is missing."""
+    if summary is None or summary.get("mean") is None:
+        return "-"
+    return f"{summary['mean'] * scale:.3g} ± {(summary['std'] or 0.0) * scale:.1g}"
+
+
+def _settings_table(report: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"| setting | test acc. (%) | equal inner product | ETF distance | zero-sum | directions (of {report['dim']}) "
+        "| paper: test acc. (%) | paper: equal inner product | paper: directions (of 99) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for setting in report["settings"]:
+        final, paper = setting["final"], setting.get("paper") or {}
+        cells = [
+            setting["label"],
+            format_summary(final["test_mean_classifier_accuracy"], 100.0),
+            format_summary(final["equal_inner_product"]),
+            format_summary(final["etf_distance"]),
+            format_summary(final["zero_sum"]),
+            format_summary(final["significant_directions"]),
+            paper.get("test_acc", "-"),
+            paper.get("equal_inner_product", "-"),
+            paper.get("directions", "-"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _claim_lines(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for claim in report["claims"]:
+        verdict = "**holds**" if claim["holds"] else "**does not hold**"
+        lines.append(f"- `{claim['id']}`: {verdict}. {claim['statement']}")
+        lines += [f"    - {line}" for line in claim["evidence"]]
+    return lines
+
+
+def report_markdown(report: Mapping[str, Any], *, level: int = 1, figures: str | None = "figures") -> str:
+    """report.md from the JSON report: the mean ± std table beside the paper's numbers, then each claim's verdict.
+
+    level: the heading level of the title (sections are one deeper); figures: the folder the figure links
+    point to (None: no figures section).
+    """
+    title, section = "#" * level, "#" * (level + 1)
+    seeds = len(report["settings"][0]["seeds"])
+    held = sum(claim["holds"] for claim in report["claims"])
+    lines = [
+        f"{title} `hcl reproduce {report['preset']}`: {held} of {len(report['claims'])} claims hold",
+        "",
+        f"{report['description']}. {seeds} seeds, {report['epochs']} epochs; "
+        "each cell is the mean ± standard deviation over the seeds of the final epoch's value (geometry of the "
+        "training embeddings; test accuracy of the mean classifier with the training class means). The paper's "
+        "columns are its CIFAR-100 numbers (ResNet-50, d = 99, end of training).",
+        "",
+        f"{section} Final values",
+        "",
+        *_settings_table(report),
+        "",
+        f"{section} Claims",
+        "",
+        *_claim_lines(report),
+    ]
+    if figures is not None:
+        lines += [
+            "",
+            f"{section} Figures",
+            "",
+            f"![Class-mean spectrum, final epoch, mean and band over seeds]({figures}/spectrum.png)",
+            "",
+            f"![The four neural-collapse conditions over epochs, mean and band over seeds]({figures}/conditions.png)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _figure_bytes(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def write_figures(results: Sequence[SettingResult], directory: Path) -> list[Path]:
+    """spectrum.png and conditions.png in `directory`: each setting's mean over seeds, in a band of one std."""
+    from ..plots import conditions_figure, run_styles, spectrum_figure
+
+    labels = [result.setting.label for result in results]
+    styles = run_styles(labels)
+    spectra = {result.setting.label: result.spectra for result in results}
+    title = "Class-mean spectrum, final epoch (mean ± std over seeds)"
+    spectrum = spectrum_figure(spectra, num_classes=results[0].num_classes, title=title, styles=styles)
+    series = {result.setting.label: result.histories for result in results}
+    return [
+        _write_atomic(directory / "spectrum.png", _figure_bytes(spectrum)),
+        _write_atomic(directory / "conditions.png", _figure_bytes(conditions_figure(series, styles))),
+    ]
+
+
+def write_outputs(out: str | Path, report: Mapping[str, Any], results: Sequence[SettingResult]) -> list[Path]:
+    """DIR/report.json, DIR/report.md and DIR/figures/*.png, each written atomically; the paths written."""
+    out = Path(out)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    files = [
+        _write_atomic(out / "report.json", text.encode()),
+        _write_atomic(out / "report.md", report_markdown(report).encode()),
+    ]
+    return files + write_figures(results, out / "figures")
