@@ -241,7 +241,9 @@ def _sibling_labels(path: Path) -> Path | None:
 
 def _labels_array(path: Path, arrays: Mapping[str, _Array], labels: Path | None, keys: Sequence[str]) -> _Array:
     if labels is not None:
-        return _pick(_container(Path(labels)), Path(labels), keys, "--labels-key")
+        if labels.suffix.lower() == ".npy":
+            return _npy_array(labels)
+        return _pick(_container(labels), labels, keys, "--labels-key")
     if path.suffix.lower() == ".npy":
         sibling = _sibling_labels(path)
         if sibling is None:
