@@ -123,7 +123,7 @@ class StreamOptions:
     progress, when given, is called with the number of rows of each chunk as it is processed.
     """
 
-    chunk_rows: int = 65_536
+    chunk_rows: int | None = None  # None: CHUNK_BYTES of float64 rows
     backend: str = "numpy"
     device: str | None = None
     progress: Callable[[int], None] | None = None
@@ -243,8 +243,13 @@ def _placement(options: StreamOptions) -> Callable[[np.ndarray], Any]:
     return lambda array: adapter.from_numpy(array, device=options.device)
 
 
+# Default chunk: 128 MiB of float64 rows (32,768 rows at d = 512); the metrics hold a few such copies at once.
+CHUNK_BYTES = 2**27
+
+
 def _chunks(file: EmbeddingsFile, options: StreamOptions, place: Callable) -> Iterator[tuple[Any, Any]]:
-    for rows, labels in file.chunks(options.chunk_rows):
+    chunk_rows = options.chunk_rows or max(1024, CHUNK_BYTES // (8 * file.dim))
+    for rows, labels in file.chunks(chunk_rows):
         yield place(rows), place(labels)
         if options.progress is not None:
             options.progress(rows.shape[0])

@@ -82,7 +82,7 @@ def _read_exact(handle: Any, count: int, dtype: np.dtype, where: str) -> np.ndar
     data = handle.read(count * dtype.itemsize)
     if len(data) != count * dtype.itemsize:
         raise CheckpointError(f"{where} is truncated: the file ends inside the array")
-    return np.frombuffer(data, dtype=dtype).copy()  # a writable array the caller owns
+    return np.frombuffer(data, dtype=dtype)  # read-only, over the bytes just read
 
 
 def _npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> _Array:

@@ -100,7 +100,7 @@ def _check_embeddings(embeddings: Array, name: str = "embeddings") -> Array:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(embeddings.shape)}")
     if concrete_bool(xp.all(xp.isfinite(embeddings))) is False:
         raise ValueError(f"{name} contains NaN or infinite values")
-    return xp.astype(embeddings, _compute_dtype(xp, embeddings))
+    return xp.astype(embeddings, _compute_dtype(xp, embeddings), copy=False)
 
 
 def _eager_num_classes(labels: Array, name: str) -> int:
@@ -975,7 +975,7 @@ def _batch(state_means: Array, batch_embeddings: Array, batch_labels: Array) -> 
     if data.shape[1] != dim:
         raise ValueError(f"batch_embeddings have dimension {data.shape[1]}, the state was initialized with dim={dim}")
     labels, _ = _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels")
-    return namespace(data).astype(data, state_means.dtype), labels
+    return namespace(data).astype(data, state_means.dtype, copy=False), labels
 
 
 def collapse_update(state: CollapseState, batch_embeddings: Array, batch_labels: Array, /) -> CollapseState:

@@ -163,7 +163,10 @@ def analyze(
     labels_key: Annotated[
         Optional[str], typer.Option("--labels-key", help="Name of the labels array (default: labels).")
     ] = None,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows read and processed at a time.", min=1)] = 65_536,
+    chunk_rows: Annotated[
+        Optional[int],
+        typer.Option("--chunk-rows", help="Rows read at a time (default: 128 MiB of float64 rows).", min=1),
+    ] = None,
     backend: Annotated[
         str, typer.Option("--backend", help="numpy, torch, jax or cupy: where the metrics run.")
     ] = "numpy",
