@@ -19,6 +19,7 @@ Errors are `CheckpointError`s (a ValueError) that name the file, the key, and th
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,8 +86,23 @@ def _read_exact(handle: Any, count: int, dtype: np.dtype, where: str) -> np.ndar
     return np.frombuffer(data, dtype=dtype)  # read-only, over the bytes just read
 
 
+def _stored_offset(path: Path, info: zipfile.ZipInfo, where: str) -> int:
+    """Where an uncompressed member's bytes start in the file: after its local header, name and extra field."""
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{where} is unreadable (bad zip local header)")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
 def _npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> _Array:
+    """A member read like an .npy at its offset when stored (np.savez), else streamed through the inflater."""
     where = f"{path}: array {key!r}"
+    info = archive.getinfo(f"{key}.npy")
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:  # not encrypted
+        return _npy_array(path, where, start=_stored_offset(path, info, where))
     with archive.open(f"{key}.npy") as handle:
         shape, dtype = _npy_header(handle, where)
     row_items = int(np.prod(shape[1:], dtype=np.int64))
@@ -110,10 +126,12 @@ def _npz_arrays(path: Path) -> dict[str, _Array]:
         raise CheckpointError(f"{path}: not an .npz archive ({error})") from error
 
 
-def _npy_array(path: Path, where: str | None = None) -> _Array:
+def _npy_array(path: Path, where: str | None = None, *, start: int = 0) -> _Array:
+    """The .npy array beginning at byte `start` of the file, memory-mapped one block of rows at a time."""
     where = where or f"{path}"
     try:
         with open(path, "rb") as handle:
+            handle.seek(start)
             shape, dtype = _npy_header(handle, where)
             offset = handle.tell()
     except OSError as error:
@@ -274,8 +292,8 @@ class EmbeddingsFile:
             raise ValueError(f"chunk rows must be >= 1, got {rows}")
         start = 0
         for block in self.embeddings.blocks(rows):
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
+            # A NaN/inf makes its row sum non-finite: one cheap pass, the exact check only when that fails.
+            if not np.isfinite(block.sum(axis=1)).all() and not (finite := np.isfinite(block).all(axis=1)).all():
                 row = start + int(np.argmin(finite))
                 raise CheckpointError(f"{self.embeddings.where} has NaN or infinite values (first in row {row})")
             yield block, self.labels[start : start + block.shape[0]]
