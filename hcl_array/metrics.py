@@ -519,8 +519,8 @@ class ProbeState(NamedTuple):
     ncc_hits: Array
 
 
-# The (rows, C) score block of the classifiers holds about this many entries (32 MiB in float64).
-PROBE_BLOCK_ENTRIES = 2**22
+# The (rows, C) score block of the classifiers holds about this many entries (64 MiB in float64).
+PROBE_BLOCK_ENTRIES = 2**23
 
 
 def _classifier_hits(data: Array, labels: Array, means: Array, present: Array) -> tuple[Array, Array]:
