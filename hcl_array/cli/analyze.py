@@ -119,58 +119,53 @@ def _files_option(name: str, text: str) -> Any:
     return typer.Option(name, help=text, show_default=False, metavar="FILE", dir_okay=False)
 
 
+_RUNS_HELP = "Checkpoints of `hcl train` or embeddings files: .npz, .npy, .safetensors, .pt (docs/analyze.md)."
+_Runs = Annotated[list[Path], typer.Argument(help=_RUNS_HELP, show_default=False)]
+_Json = Annotated[
+    Optional[str], typer.Option("--json", help="Write the numbers as JSON to PATH ('-' for stdout).", metavar="PATH")
+]
+_Csv = Annotated[
+    Optional[str],
+    typer.Option(
+        "--csv", help="Write the checkpoints' per-epoch history as CSV to PATH ('-': stdout).", metavar="PATH"
+    ),
+]
+_PLOTS_HELP = "Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR."
+_Plots = Annotated[Optional[Path], typer.Option("--plots", help=_PLOTS_HELP, metavar="DIR", file_okay=False)]
+_Epoch = Annotated[
+    Optional[int],
+    typer.Option("--epoch", help="Also plot the class-mean spectrum at recorded epoch E.", metavar="E", min=0),
+]
+_Labels = Annotated[
+    Optional[list[Path]], _files_option("--labels", "Labels of each run (.npy or by --labels-key), in order.")
+]
+_Test = Annotated[Optional[list[Path]], _files_option("--test", "Test embeddings of each run, in order.")]
+_TestLabels = Annotated[Optional[list[Path]], _files_option("--test-labels", "Labels of each --test file, in order.")]
+_EmbeddingsKey = Annotated[
+    Optional[str], typer.Option("--embeddings-key", help="Name of the embeddings array (default: embeddings).")
+]
+_LabelsKey = Annotated[Optional[str], typer.Option("--labels-key", help="Name of the labels array (default: labels).")]
+_ChunkRows = Annotated[
+    Optional[int], typer.Option("--chunk-rows", help="Rows read at a time (default: 128 MiB of float64 rows).", min=1)
+]
+_Backend = Annotated[str, typer.Option("--backend", help="numpy, torch, jax or cupy: where the metrics run.")]
+_Device = Annotated[Optional[str], typer.Option("--device", help="Device of the backend, e.g. cuda:0.")]
+
+
 def analyze(
-    runs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Checkpoints of `hcl train` or embeddings files: .npz, .npy, .safetensors, .pt (docs/analyze.md).",
-            show_default=False,
-        ),
-    ],
-    json_path: Annotated[
-        Optional[str],
-        typer.Option("--json", help="Write the numbers as JSON to PATH ('-' for stdout).", metavar="PATH"),
-    ] = None,
-    csv_path: Annotated[
-        Optional[str],
-        typer.Option(
-            "--csv", help="Write the checkpoints' per-epoch history as CSV to PATH ('-': stdout).", metavar="PATH"
-        ),
-    ] = None,
-    plots: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--plots",
-            help="Write PNG figures (spectrum, conditions, accuracy, NC1/ETF) into DIR.",
-            metavar="DIR",
-            file_okay=False,
-        ),
-    ] = None,
-    epoch: Annotated[
-        Optional[int],
-        typer.Option("--epoch", help="Also plot the class-mean spectrum at recorded epoch E.", metavar="E", min=0),
-    ] = None,
-    labels: Annotated[
-        Optional[list[Path]], _files_option("--labels", "Labels of each run (.npy or by --labels-key), in order.")
-    ] = None,
-    test: Annotated[Optional[list[Path]], _files_option("--test", "Test embeddings of each run, in order.")] = None,
-    test_labels: Annotated[
-        Optional[list[Path]], _files_option("--test-labels", "Labels of each --test file, in order.")
-    ] = None,
-    embeddings_key: Annotated[
-        Optional[str], typer.Option("--embeddings-key", help="Name of the embeddings array (default: embeddings).")
-    ] = None,
-    labels_key: Annotated[
-        Optional[str], typer.Option("--labels-key", help="Name of the labels array (default: labels).")
-    ] = None,
-    chunk_rows: Annotated[
-        Optional[int],
-        typer.Option("--chunk-rows", help="Rows read at a time (default: 128 MiB of float64 rows).", min=1),
-    ] = None,
-    backend: Annotated[
-        str, typer.Option("--backend", help="numpy, torch, jax or cupy: where the metrics run.")
-    ] = "numpy",
-    device: Annotated[Optional[str], typer.Option("--device", help="Device of the backend, e.g. cuda:0.")] = None,
+    runs: _Runs,
+    json_path: _Json = None,
+    csv_path: _Csv = None,
+    plots: _Plots = None,
+    epoch: _Epoch = None,
+    labels: _Labels = None,
+    test: _Test = None,
+    test_labels: _TestLabels = None,
+    embeddings_key: _EmbeddingsKey = None,
+    labels_key: _LabelsKey = None,
+    chunk_rows: _ChunkRows = None,
+    backend: _Backend = "numpy",
+    device: _Device = None,
 ) -> None:
     """Compare runs: neural collapse (the simplex ETF) or dimensional collapse (a spectrum cliff)?"""
     from ..analysis import comparison_rows, history_csv, load_runs
