@@ -950,7 +950,8 @@ def collapse_report(
     Keys: unit_norm, zero_sum, equal_inner_product, within_class_variation, nc1, nc1_quotient, cdnv, equinorm,
     equiangularity, max_angle, etf_distance, orthogonal_frame_distance, rankme, ncc_accuracy,
     mean_classifier_accuracy, spectrum. The accuracies use the class means of `reference` =
-    (reference_embeddings, reference_labels) when given, else those of `embeddings`.
+    (reference_embeddings, reference_labels) when given, else those of `embeddings`. RankMe is read from
+    eigvalsh of the (d, d) Gram, as in `collapse_result` (the `rankme` function takes svdvals of the rows).
     """
     return _to_host(collapse_metrics(embeddings, labels, num_classes=num_classes, reference=reference))
 
