@@ -13,15 +13,21 @@ Everything here is NumPy and plain Python; the figures are in `hcl_array.plots`,
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, Embeddings, load_embeddings
+from ._array_api import device, namespace
+from .checkpoint import CheckpointError, _fsync_directory
+from .embeddings_io import EmbeddingsFile, RunFiles, open_run
 
 __all__ = [
     "HISTORY_METRICS",
@@ -38,6 +44,10 @@ __all__ = [
     "reports_to_json",
     "run_name",
     "spectrum_at_epoch",
+    "StreamOptions",
+    "history_csv",
+    "rows_to_read",
+    "write_text_atomic",
 ]
 
 
@@ -96,12 +106,27 @@ _EPOCH_KEYS = ("epoch", "epochs")
 
 @dataclass(frozen=True)
 class Run:
-    """One loaded file: its embeddings (and history), the name it is shown under, and its class count."""
+    """One opened run: its files (read in chunks), the name it is shown under, and its class count."""
 
     path: Path
     name: str
-    data: Embeddings
+    data: RunFiles
     num_classes: int
+    # the training set's class statistics once final_report has streamed them (the final spectrum reads them)
+    statistics: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How final_report reads the embeddings and where it computes: rows per chunk, backend and device.
+
+    progress, when given, is called with the number of rows of each chunk as it is processed.
+    """
+
+    chunk_rows: int | None = None  # None: CHUNK_BYTES of float64 rows
+    backend: str = "numpy"
+    device: str | None = None
+    progress: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,28 +183,47 @@ def _unique_names(names: Sequence[str], paths: Sequence[Path]) -> list[str]:
     ]
 
 
-def _num_classes(data: Embeddings, path: Path) -> int:
+def _num_classes(data: RunFiles, path: Path) -> int:
+    """C from the checkpoint's class_means, else max label + 1; C > N is refused (most classes would be empty)."""
     if data.class_means is not None and data.class_means.shape[0] > 0:
-        return int(data.class_means.shape[1])
-    labels = [data.train_labels] + ([data.test_labels] if data.test_labels is not None else [])
-    top = max(int(y.max(initial=-1)) for y in labels)
-    if top < 0:
-        raise CheckpointError(f"{path}: 'labels' is empty; nothing to analyze")
-    return top + 1
+        num_classes = int(data.class_means.shape[1])
+    else:
+        labels = [data.train.labels] + ([data.test.labels] if data.test is not None else [])
+        num_classes = max(int(y.max(initial=-1)) for y in labels) + 1
+    if data.train.num_rows == 0 or num_classes < 1:
+        raise CheckpointError(f"{data.train.embeddings.where} has no rows; nothing to analyze")
+    if num_classes > data.train.num_rows:
+        problem = f"the labels name {num_classes} classes but there are only {data.train.num_rows} rows"
+        raise CheckpointError(f"{data.train.embeddings.where}: {problem}; C must not exceed N (check the labels)")
+    return num_classes
 
 
-def load_run(path: str | Path, name: str | None = None) -> Run:
-    """Load a checkpoint or plain embeddings file (CheckpointError/FileNotFoundError name the file and key)."""
+def load_run(path: str | Path, name: str | None = None, **files: Any) -> Run:
+    """Open a checkpoint or embeddings file (any format of `open_run`, whose keyword options `files` takes).
+
+    Only the labels and a checkpoint's history are read here; CheckpointError/FileNotFoundError name the file.
+    """
     path = Path(path)
-    data = load_embeddings(path)
-    if data.train_embeddings.shape[0] == 0:
-        raise CheckpointError(f"{path}: 'train_embeddings' has no rows; nothing to analyze")
+    data = open_run(path, **files)
     return Run(path, name or run_name(data.config, path), data, _num_classes(data, path))
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """load_run for each path, named so that no two runs share a label."""
-    runs = [load_run(path) for path in paths]
+def load_runs(
+    paths: Sequence[str | Path], *, per_run: Mapping[str, Sequence[Any]] | None = None, **shared: Any
+) -> list[Run]:
+    """load_run for each path, named so that no two runs share a label.
+
+    per_run maps an open_run option (labels, test, test_labels) to one value per path; shared options
+    (embeddings_key, labels_key) apply to every run.
+    """
+    per_run = {key: list(values) for key, values in (per_run or {}).items() if values}
+    for key, values in per_run.items():
+        if len(values) != len(paths):
+            raise CheckpointError(f"--{key.replace('_', '-')} was given {len(values)} times for {len(paths)} runs")
+    runs = [
+        load_run(path, **shared, **{key: values[index] for key, values in per_run.items()})
+        for index, path in enumerate(paths)
+    ]
     names = _unique_names([run.name for run in runs], [run.path for run in runs])
     return [Run(run.path, name, run.data, run.num_classes) for run, name in zip(runs, names, strict=False)]
 
@@ -188,13 +232,55 @@ def _scalars(report: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in report.items() if key != "spectrum"}
 
 
-def _collapse_report(path: Path, embeddings: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, Any]:
-    from .metrics import collapse_report  # imported here so `hcl --help` stays fast
+def _placement(options: StreamOptions) -> Callable[[np.ndarray], Any]:
+    """NumPy chunks as they are, or placed on the backend's device (float64 enabled there, e.g. JAX x64)."""
+    if options.backend == "numpy" and options.device in (None, "cpu"):
+        return lambda array: array
+    from .backends import get_backend
+
+    adapter = get_backend(options.backend)
+    adapter.from_numpy(np.zeros(1), dtype="float64", device=options.device)  # checks the device early
+    return lambda array: adapter.from_numpy(array, device=options.device)
+
+
+# Default chunk: 128 MiB of float64 rows (32,768 rows at d = 512); the metrics hold a few such copies at once.
+CHUNK_BYTES = 2**27
+
+
+def _chunks(file: EmbeddingsFile, options: StreamOptions, place: Callable) -> Iterator[tuple[Any, Any]]:
+    chunk_rows = options.chunk_rows or max(1024, CHUNK_BYTES // (8 * file.dim))
+    for rows, labels in file.chunks(chunk_rows):
+        yield place(rows), place(labels)
+        if options.progress is not None:
+            options.progress(rows.shape[0])
+
+
+def _stream_report(
+    file: EmbeddingsFile, num_classes: int, options: StreamOptions, place: Callable, reference: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """Two passes over the file: class statistics, then the probe (against `reference`'s means if given)."""
+    from .metrics import collapse_init, collapse_result, collapse_update, probe_init, probe_update
 
     try:
-        return collapse_report(embeddings, labels, **options)
-    except (ValueError, TypeError) as error:  # e.g. NaN embeddings, labels out of range
-        raise CheckpointError(f"{path}: cannot compute metrics ({error})") from error
+        state = None
+        for rows, labels in _chunks(file, options, place):
+            if state is None:  # namespace and device of the placed chunks
+                state = collapse_init(num_classes, file.dim, xp=namespace(rows), device=device(rows))
+            state = collapse_update(state, rows, labels)
+        probe = probe_init(state, reference=reference)
+        for rows, labels in _chunks(file, options, place):
+            probe = probe_update(probe, rows, labels)
+        return state, collapse_result(state, probe)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as error:  # e.g. labels out of range for a checkpoint's classes
+        raise CheckpointError(f"{file.path}: cannot compute metrics ({error})") from error
+
+
+def rows_to_read(run: Run) -> int:
+    """Rows final_report reads: two passes over the training set, two over the test set."""
+    test = 0 if run.data.test is None else run.data.test.num_rows
+    return 2 * (run.data.train.num_rows + test)
 
 
 def _significant_directions(spectrum: np.ndarray) -> int:
@@ -203,17 +289,16 @@ def _significant_directions(spectrum: np.ndarray) -> int:
     return significant_directions(np.asarray(spectrum))
 
 
-def final_report(run: Run) -> RunReport:
-    """collapse_report on the run's training embeddings, and on its test embeddings with training means."""
-    data = run.data
-    train = _collapse_report(run.path, data.train_embeddings, data.train_labels, num_classes=run.num_classes)
+def final_report(run: Run, options: StreamOptions | None = None) -> RunReport:
+    """collapse_report of the training embeddings, and of the test embeddings with the training class means,
+    streamed from the files in chunks (memory O(chunk d + C d + d^2)); equal to the in-memory report."""
+    options = options or StreamOptions()
+    data, place = run.data, _placement(options)
+    state, train = _stream_report(data.train, run.num_classes, options, place)
+    run.statistics["train"] = state
     test = None
-    if data.test_embeddings is not None and data.test_embeddings.shape[0] > 0:
-        reference = (data.train_embeddings, data.train_labels)
-        test_report = _collapse_report(
-            run.path, data.test_embeddings, data.test_labels, num_classes=run.num_classes, reference=reference
-        )
-        test = _scalars(test_report)
+    if data.test is not None and data.test.num_rows > 0:
+        test = _scalars(_stream_report(data.test, run.num_classes, options, place, reference=state)[1])
     epochs = 0 if data.class_means is None else int(data.class_means.shape[0])
     return RunReport(
         path=run.path,
@@ -221,7 +306,7 @@ def final_report(run: Run) -> RunReport:
         source=data.source,
         config=dict(data.config),
         num_classes=run.num_classes,
-        dim=int(data.train_embeddings.shape[1]),
+        dim=data.train.dim,
         epochs_recorded=epochs,
         train=_scalars(train),
         test=test,
@@ -279,7 +364,7 @@ def comparison_rows(reports: Sequence[RunReport]) -> list[tuple[str, str, list[f
 # Histories over epochs.
 
 
-def recorded_epochs(data: Embeddings) -> np.ndarray:
+def recorded_epochs(data: RunFiles) -> np.ndarray:
     """The epoch number of each row of class_means (history/epoch when recorded, else 1, 2, ..., E)."""
     count = 0 if data.class_means is None else int(data.class_means.shape[0])
     for key in _EPOCH_KEYS:
@@ -297,7 +382,7 @@ def _means_metric(name: str, means: np.ndarray) -> float:
     return float(getattr(metrics, name)(means, labels, num_classes=means.shape[0]))
 
 
-def _finite_class_means(data: Embeddings, epoch_index: int) -> np.ndarray | None:
+def _finite_class_means(data: RunFiles, epoch_index: int) -> np.ndarray | None:
     means = np.asarray(data.class_means[epoch_index], dtype=np.float64)
     return means if np.all(np.isfinite(means)) else None
 
@@ -337,12 +422,13 @@ def spectrum_at_epoch(run: Run, epoch: int | None = None) -> tuple[int | None, n
     The class-mean spectrum of the means M equals that of any embeddings with those class means, so a
     recorded epoch needs only class_means[epoch]. Raises CheckpointError when that epoch was not recorded.
     """
-    from .metrics import class_mean_spectrum
+    from .metrics import class_mean_spectrum, collapse_result
 
     data = run.data
     if epoch is None:
-        spectrum = class_mean_spectrum(data.train_embeddings, data.train_labels, num_classes=run.num_classes)
-        return None, np.asarray(spectrum, dtype=np.float64)
+        if "train" not in run.statistics:  # streams the training set once; final_report leaves it here
+            final_report(run)
+        return None, np.asarray(collapse_result(run.statistics["train"])["spectrum"], dtype=np.float64)
     epochs = recorded_epochs(data)
     matches = np.flatnonzero(epochs == epoch)
     if data.class_means is None or matches.size == 0:
@@ -353,3 +439,41 @@ def spectrum_at_epoch(run: Run, epoch: int | None = None) -> tuple[int | None, n
         raise CheckpointError(f"{run.path}: 'class_means' at epoch {epoch} has NaN or infinite values")
     labels = np.arange(means.shape[0], dtype=np.int64)
     return epoch, np.asarray(class_mean_spectrum(means, labels, num_classes=means.shape[0]), dtype=np.float64)
+
+
+def history_csv(runs: Sequence[Run]) -> str:
+    """The per-epoch history of each checkpoint as CSV: columns run, epoch, then every metric some run has
+    (the keys of metric_history, in HISTORY_METRICS order); empty where a run lacks a metric, nan where a
+    recorded value is NaN. Plain embeddings files have no history and add no rows."""
+    series = {run.name: metric_history(run) for run in runs}
+    keys = [info.key for info in HISTORY_METRICS if any(info.key in history for history in series.values())]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run", "epoch", *keys])
+    for name, history in series.items():
+        if not history:
+            continue
+        epochs = next(iter(history.values()))[0]
+        for index, epoch in enumerate(epochs):
+            values = [repr(float(history[key][1][index])) if key in history else "" for key in keys]
+            writer.writerow([name, int(epoch), *values])
+    return buffer.getvalue()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder, fsync'ed, then os.replace."""
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path

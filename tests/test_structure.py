@@ -1,8 +1,8 @@
 """The package's structure stays as docs/architecture.md draws it: checked on the source, no import run.
 
 - No module of `hcl_array` is in an import cycle (a walk of the import graph built from the AST).
-- The core (everything but the package root, `backends/`, `cli/`, `integrations/`, `training.py` and
-  `reproduce/`) imports no backend module and no framework.
+- The core (everything but the package root, `backends/`, `cli/`, `integrations/`, and the applications
+  `training.py`, `reproduce/`, `analysis.py`, `embeddings_io.py`) imports no backend module and no framework.
 - No function in `hcl_array/` is longer than 60 lines.
 """
 
@@ -91,14 +91,16 @@ def test_no_module_of_the_package_is_in_an_import_cycle():
 
 
 # Above the core: the package root (which loads the backends so they register), the adapters themselves,
-# the CLI, the framework integrations, and the applications that drive a backend adapter chosen by name
-# (get_backend): training.py and reproduce/.
+# the CLI, the framework integrations, the applications that drive a backend adapter chosen by name
+# (get_backend): training.py, reproduce/ and analysis.py, and the reader of torch's .pt files.
 _ABOVE_THE_CORE = (
     "hcl_array.backends",
     "hcl_array.cli",
     "hcl_array.integrations",
     "hcl_array.training",
     "hcl_array.reproduce",
+    "hcl_array.analysis",
+    "hcl_array.embeddings_io",
 )
 
 
