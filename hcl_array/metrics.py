@@ -44,7 +44,9 @@ __all__ = [
     "collapse_init",
     "collapse_metrics",
     "collapse_report",
+    "collapse_compute",
     "collapse_result",
+    "metrics_to_host",
     "collapse_update",
     "embedding_spectrum",
     "equal_inner_product",
@@ -935,11 +937,11 @@ def _ordered(metrics: dict[str, Array]) -> dict[str, Array]:
     return {key: metrics[key] for key in REPORT_KEYS if key in metrics}
 
 
-def _to_host(metrics: dict[str, Array]) -> dict[str, Any]:
-    """Python floats, and the spectrum as a NumPy float64 array."""
+def metrics_to_host(metrics: dict[str, Array]) -> dict[str, Any]:
+    """Python floats, and the spectrum as a NumPy float64 array, in the report's key order (jax.jit sorts keys)."""
     host = {key: float(to_numpy(value)) for key, value in metrics.items() if key != "spectrum"}
     host["spectrum"] = np.asarray(to_numpy(metrics["spectrum"]), dtype=np.float64)
-    return {key: host[key] for key in metrics}
+    return _ordered(host)
 
 
 def collapse_report(
@@ -953,7 +955,7 @@ def collapse_report(
     (reference_embeddings, reference_labels) when given, else those of `embeddings`. RankMe is read from
     eigvalsh of the (d, d) Gram, as in `collapse_result` (the `rankme` function takes svdvals of the rows).
     """
-    return _to_host(collapse_metrics(embeddings, labels, num_classes=num_classes, reference=reference))
+    return metrics_to_host(collapse_metrics(embeddings, labels, num_classes=num_classes, reference=reference))
 
 
 def collapse_init(
@@ -1016,6 +1018,18 @@ def probe_update(probe: ProbeState, batch_embeddings: Array, batch_labels: Array
     return _add_probes(probe, _row_probe(*batch, probe))
 
 
+def collapse_compute(state: CollapseState, probe: ProbeState | None = None, /) -> dict[str, Array]:
+    """`collapse_result` as 0-d arrays (and the spectrum as a 1-D array) of the state's namespace.
+
+    A pure function of the state, so it runs under jax.jit (the state must have seen at least one row:
+    under tracing that cannot be checked). Same keys and formulas as `collapse_result`.
+    """
+    metrics = _class_mean_metrics(state) | {"rankme": _gram_rankme(state)}
+    if probe is not None:
+        metrics |= _probe_metrics(probe)
+    return _ordered(metrics)
+
+
 def collapse_result(state: CollapseState, probe: ProbeState | None = None, /) -> dict[str, Any]:
     """The streaming `collapse_report`, as Python floats (and `spectrum` as a NumPy float64 array).
 
@@ -1029,10 +1043,7 @@ def collapse_result(state: CollapseState, probe: ProbeState | None = None, /) ->
     xp = namespace(state.means)
     if concrete_bool(xp.sum(state.counts) > 0) is False:
         raise ValueError("state has seen no rows: call collapse_update first")
-    metrics = _class_mean_metrics(state) | {"rankme": _gram_rankme(state)}
-    if probe is not None:
-        metrics |= _probe_metrics(probe)
-    return _to_host(_ordered(metrics))
+    return metrics_to_host(collapse_compute(state, probe))
 
 
 def streaming_collapse_report(

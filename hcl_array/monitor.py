@@ -8,7 +8,7 @@ states of several processes or devices merge into the global one (`merge_states`
 torch.distributed.all_reduce under DDP, jax.lax.psum inside shard_map / pmap.
 
 For JAX the same state is a pytree of arrays and every step is a pure function: `collapse_init`,
-`collapse_update` (from metrics.py) and `collapse_compute` (here) run inside a jitted train step.
+`collapse_update` and `collapse_compute` (from metrics.py, re-exported here) run inside a jitted train step.
 See docs/monitoring.md.
 """
 
@@ -21,17 +21,14 @@ from typing import Any
 from array_api_compat import is_jax_array
 
 from ._array_api import device, namespace, stop_gradient
-from .metrics import (  # the private kernels are the ones behind collapse_result, returning arrays
+from .metrics import (
     CollapseState,
     ProbeState,
-    _class_mean_metrics,
-    _ordered,
-    _probe_metrics,
-    _rankme,
-    _to_host,
+    collapse_compute,
     collapse_init,
     collapse_result,
     collapse_update,
+    metrics_to_host,
     probe_init,
     probe_update,
 )
@@ -101,21 +98,6 @@ def merge_probes(probe: ProbeState, all_sum: AllSum, /) -> ProbeState:
         mean_classifier_hits=total[2 * num_classes],
         ncc_hits=total[2 * num_classes + 1],
     )
-
-
-def collapse_compute(state: CollapseState, probe: ProbeState | None = None, /) -> dict[str, Array]:
-    """`collapse_result` as 0-d arrays (and the spectrum as a 1-D array) of the state's namespace: a pure
-    function of the state, so it runs under jax.jit. The state must have seen at least one row (unchecked
-    here: under tracing it cannot be). RankMe uses sigma_k = sqrt(eigvalsh(H^T H)) of the streamed Gram
-    H^T H = S_W + M^T diag(n) M, as `collapse_result` does."""
-    xp = namespace(state.means)
-    gram = state.within_scatter + (state.means * state.counts[:, None]).T @ state.means
-    eigenvalues = xp.linalg.eigvalsh(gram)
-    singular_values = xp.sqrt(xp.where(eigenvalues > 0, eigenvalues, xp.zeros_like(eigenvalues)))
-    metrics = _class_mean_metrics(state) | {"rankme": _rankme(singular_values, 1e-7)}
-    if probe is not None:
-        metrics |= _probe_metrics(probe)
-    return _ordered(metrics)
 
 
 def torch_all_sum(x: Array, /) -> Array:
@@ -226,7 +208,7 @@ class CollapseMonitor:
         if probe is not None and all_sum is not None:
             probe = merge_probes(probe, all_sum)
         if is_jax_array(state.means):  # jitted: eager JAX compiles each operation apart; jit sorts the keys
-            return _to_host(_ordered(_compiled(collapse_compute, state.means)(state, probe)))
+            return metrics_to_host(_compiled(collapse_compute, state.means)(state, probe))
         return collapse_result(state, probe)
 
     def _all_sum(self) -> AllSum | None:
