@@ -105,3 +105,16 @@ def test_the_global_alias_keeps_auto_calls_off_the_kernel(backend, monkeypatch):
     assert [path for path, _ in ran] == ["dense", "fused"]
     assert_close(value, cases.reference_value("hscl", z, ids, {}), rtol=1e-11, atol=1e-13)
     assert_close(forced, value, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "path, grad_fn", [("dense", None), ("tiled", "TiledLossBackward"), ("fused", "FusedLossBackward")]
+)
+def test_torch_graphs_hold_the_registered_functions(path, grad_fn):
+    """Path: each of dense, tiled and fused on torch: the autograd graph ends in the path's Function
+    (dense: autograd through the array-API code, no custom Function)."""
+    torch = pytest.importorskip("torch")
+    z, ids = cases.batch(10, seed=3)
+    value = hcl.hscl(torch.tensor(z, requires_grad=True), torch.tensor(ids), **cases.path_options(path, 3))
+    name = type(value.grad_fn).__name__
+    assert name == grad_fn if grad_fn else name not in ("TiledLossBackward", "FusedLossBackward")
