@@ -268,8 +268,8 @@ def dense_reference(name: str, row_index: int) -> dict[str, Any]:
     path's value and gradient (NumPy's analytic VJP; with reduction="none", torch autograd through
     the dense array-API code of the cotangent-weighted values, None without torch)."""
     row = OPTIONS[row_index]
-    n, tile = sizes(len(name) + 7 * row_index)
-    z, ids = batch(n, seed=n + row_index)
+    n, tile = sizes(len(name))  # one shape per loss: eager JAX compiles each operation once per shape
+    z, ids = batch(n, seed=len(name) + 7 * row_index)
     draws = uniforms(n, row["k"]) if row.get("negatives") == "sampled" else None
     options = {**loss_options(name, row), "uniforms": draws, "kernel": "array_api", "tile": None}
     function = LOSSES[name].function
