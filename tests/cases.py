@@ -108,8 +108,6 @@ SERVES = {
     "tiled": ("numpy", "array_api_strict", "torch", "jax", "cupy"),
     "fused": ("numpy", "torch", "cupy"),
 }
-GRADIENT_BY = {"numpy": "return_grad", "array_api_strict": "return_grad", "cupy": "return_grad"}
-GRADIENT_BY.update(torch="autograd", jax="jax.grad")
 #: The module whose implementation computes a (path, backend); the array-API code where none is registered.
 IMPLEMENTED_IN = {
     ("fused", "numpy"): "hcl_array.fused",
@@ -217,7 +215,8 @@ def record_paths(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 def value_and_gradient(
     backend: str, function: Callable[..., Any], z: np.ndarray, ids: np.ndarray, *, jit: bool = False, **options: Any
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(value, gradient) as float64 NumPy, each computed on `backend` by its own means (GRADIENT_BY).
+    """(value, gradient) as float64 NumPy, each computed on `backend` by its own means: NumPy,
+    array-api-strict and CuPy by return_grad, torch by autograd, JAX by jax.grad (under jax.jit when `jit`).
 
     With reduction="none" the gradient is that of the values weighted by `cotangent(n)`, and None for
     the return_grad backends (the analytic VJP needs a scalar loss). Draws in `options["uniforms"]`
