@@ -44,7 +44,7 @@ def tests(session: nox.Session, backend: str) -> None:
 def crosscheck(session: nox.Session) -> None:
     """One seeded batch and one seeded training run through every installed backend, compared in float64."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
-    session.run("pytest", "-q", "tests/test_crosscheck.py", *session.posargs)
+    session.run("pytest", "-q", "tests/test_crosscheck.py", "tests/test_paths.py", *session.posargs)
 
 
 @nox.session(default=False)
@@ -55,6 +55,7 @@ def cupy(session: nox.Session) -> None:
         "pytest",
         "-q",
         "tests/test_crosscheck.py",
+        "tests/test_paths.py",
         "tests/test_losses.py",
         *session.posargs,
         env={"HCL_BACKENDS": "numpy,cupy"},

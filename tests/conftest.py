@@ -18,7 +18,7 @@ from hcl_array._array_api import to_numpy
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
 
 
-def _load(name: str) -> tuple[Any, Any] | str:
+def load_backend(name: str) -> tuple[Any, Any] | str:
     """(namespace, device) for a backend, or the reason it is unavailable."""
     try:
         if name == "numpy":
@@ -54,17 +54,17 @@ def _load(name: str) -> tuple[Any, Any] | str:
     raise ValueError(name)
 
 
-def _selected() -> list[str]:
+def selected_backends() -> list[str]:
     chosen = os.environ.get("HCL_BACKENDS")
     if not chosen:
         return [b for b in ALL_BACKENDS if b != "cupy" or importlib.util.find_spec("cupy")]
     return [b.strip() for b in chosen.split(",") if b.strip()]
 
 
-@pytest.fixture(params=_selected())
+@pytest.fixture(params=selected_backends())
 def xp(request: pytest.FixtureRequest) -> Any:
     """An array-API namespace; the test is skipped with the reason when the backend is missing."""
-    loaded = _load(request.param)
+    loaded = load_backend(request.param)
     if isinstance(loaded, str):
         pytest.skip(loaded)
     namespace, _ = loaded

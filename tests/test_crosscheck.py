@@ -1,71 +1,55 @@
-"""One seeded batch through every installed backend: the same values and gradients (float64, 1e-10).
+"""One seeded batch through every installed backend on the default path (kernel="auto", tile="auto"):
+the same values and gradients as NumPy (float64, 1e-10), and the path docs/architecture.md promises.
 
-NumPy, array-api-strict and CuPy get their gradients from the analytic VJP, torch from autograd and
-JAX from jax.grad under jit, so agreement checks the backends against each other, not against themselves.
+On the default path NumPy, CuPy and torch take the fused kernel where it computes the loss (expected
+negatives, not debiased) and the dense array-API code otherwise; array-api-strict and JAX always take
+the dense code (48 rows are below the tiled threshold). Gradients: NumPy, array-api-strict and CuPy by
+return_grad, torch by autograd (through the kernel's FusedLoss Function where the kernel runs: the
+kernel's own gradient, which tests/test_paths.py holds to autograd through the dense code), JAX by
+jax.grad under jit. tests/test_paths.py forces each path; this file checks what users get by default.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-import hcl_array as hcl
-from hcl_array._array_api import to_numpy
-from tests.conftest import _load
-
-LOSSES = {
-    "scl": (hcl.scl, {}),
-    "hscl": (hcl.hscl, {"beta": 5.0}),
-    "ucl": (hcl.ucl, {}),
-    "hucl": (hcl.hucl, {"beta": 5.0}),
-    "supcon": (hcl.supcon, {}),
-    "ntxent": (hcl.ntxent, {}),
-    "debiased_hcl": (hcl.debiased_hcl, {"beta": 1.0}),
-}
+from tests import cases
+from tests.conftest import assert_close
 
 
-def seeded_batch():
-    rng = np.random.default_rng(2311_05139)
-    return rng.normal(size=(48, 16)), rng.integers(0, 6, size=48), rng.random((48, 32))
-
-
-def value_and_gradient(backend: str, function, z, ids, **options):
-    loaded = _load(backend)
-    if isinstance(loaded, str):
-        pytest.skip(loaded)
-    xp, _ = loaded
-    if backend == "torch":
-        import torch
-
-        tensor = torch.tensor(z, requires_grad=True)
-        value = function(tensor, torch.tensor(ids), **options)
-        value.backward()
-        return value.item(), tensor.grad.numpy()
-    if backend == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        value, grad = jax.jit(jax.value_and_grad(lambda x: function(x, jnp.asarray(ids), **options)))(jnp.asarray(z))
-        return float(value), np.asarray(grad)
-    value, grad = function(xp.asarray(z), xp.asarray(ids), return_grad=True, **options)
-    return float(to_numpy(value)), to_numpy(grad)
+def _default_path(backend: str, name: str, negatives: str) -> str:
+    kernel_serves = backend in cases.SERVES["fused"] and cases.LOSSES[name].fused and negatives == "expected"
+    return "fused" if kernel_serves else "dense"
 
 
 @pytest.mark.parametrize("backend", ["array_api_strict", "torch", "jax", "cupy"])
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", cases.NAMES)
 @pytest.mark.parametrize("negatives", ["expected", "sampled"])
-def test_backends_agree_with_numpy(backend, name, negatives):
-    if isinstance(reason := _load(backend), str):
-        pytest.skip(reason)
-    function, options = LOSSES[name]
-    z, ids, uniforms = seeded_batch()
+def test_backends_agree_with_numpy_on_the_default_path(backend, name, negatives, monkeypatch):
+    """Path: the default one for the backend (fused on NumPy/torch/CuPy where it serves, else dense)."""
+    cases.namespace(backend)
+    z, ids = cases.batch(48, seed=2311_05139, d=16, classes=6)
+    options = cases.loss_options(name, {})
     if negatives == "sampled":
-        options = {**options, "negatives": "sampled", "k": 32, "uniforms": uniforms}
-    reference = value_and_gradient("numpy", function, z, ids, **options)
-    if negatives == "sampled" and backend in ("torch", "jax"):
-        import importlib
+        options.update(negatives="sampled", k=32, uniforms=cases.uniforms(48, 32))
+    reference = cases.value_and_gradient("numpy", cases.LOSSES[name].function, z, ids, **options)
+    ran = cases.record_paths(monkeypatch)
+    value, grad = cases.value_and_gradient(backend, cases.LOSSES[name].function, z, ids, jit=True, **options)
+    path = _default_path(backend, name, negatives)
+    assert set(ran) == {(path, cases.implemented_in(path, backend))}
+    assert_close(value, reference[0], rtol=1e-10, atol=0)
+    assert_close(grad, reference[1], rtol=1e-10, atol=1e-12)
 
-        options["uniforms"] = importlib.import_module("jax.numpy" if backend == "jax" else "torch").asarray(uniforms)
-    value, grad = value_and_gradient(backend, function, z, ids, **options)
-    assert value == pytest.approx(reference[0], rel=1e-10)
-    np.testing.assert_allclose(grad, reference[1], rtol=1e-10, atol=1e-12)
+
+@pytest.mark.parametrize("name", cases.NAMES)
+@pytest.mark.parametrize("negatives", ["expected", "sampled"])
+def test_numpy_default_path(name, negatives, monkeypatch):
+    """Path: NumPy's default: the fused kernel where it serves, else dense; the value against the naive loops."""
+    z, ids = cases.batch(48, seed=2311_05139, d=16, classes=6)
+    row = {} if negatives == "expected" else {"negatives": "sampled", "k": 32}
+    draws = cases.uniforms(48, 32) if negatives == "sampled" else None
+    ran = cases.record_paths(monkeypatch)
+    value = cases.LOSSES[name].function(z, ids, **cases.loss_options(name, row), uniforms=draws)
+    path = _default_path("numpy", name, negatives)
+    assert set(ran) == {(path, cases.implemented_in(path, "numpy"))}
+    assert_close(value, cases.reference_value(name, z, ids, row, draws), rtol=1e-11, atol=1e-13)

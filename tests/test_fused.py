@@ -1,7 +1,10 @@
-"""The fused kernel (hcl_array/fused.py; torch: backends/_torch_fused.py) against the array-API code.
+"""The fused kernel (hcl_array/fused.py; torch: backends/_torch_fused.py): what tests/test_paths.py's
+table does not hold.
 
-The reference is the same loss with `losses.USE_FUSED_KERNEL = False`: the array-API code, which
-tests/test_losses.py ties to naive float64 loops (on torch, autograd through it). Both in float64.
+tests/test_paths.py holds the kernel (kernel="fused", one block or several) to the dense array-API
+path and the naive loops for every named loss and option row on NumPy and torch. Here: degenerate
+batches, torch's autograd Function and return_grad, the fallback of kernel="auto", extreme numbers,
+half precision, the cache-sized blocks and reused buffers, the exponentiation contract, and NaN/Inf.
 """
 
 from __future__ import annotations
@@ -10,68 +13,51 @@ import numpy as np
 import pytest
 
 import hcl_array as hcl
-from hcl_array import fused, losses, tiled
-from tests.test_tiled import NAMED
+from hcl_array import fused, tiled
+from tests import cases
 
-FUSED = {name: loss for name, loss in NAMED.items() if name != "debiased_hcl"}  # the losses the kernel takes
+option_id = cases.option_id
+FUSED = {name: (cases.LOSSES[name].function, cases.LOSSES[name].extra) for name in cases.FUSED_NAMES}
+#: The option rows of the NaN/Inf test: each option the kernel reads once (cases.OPTIONS has them all).
 OPTIONS = [
-    {},
-    {"include_self": True},
-    {"reduction": "anchor_mean"},
-    {"k": 7},
-    {"negative_reduction": "mean"},
-    {"detach_weights": False},
-    {"normalize": "sphere", "temperature": 0.1},
-    {"normalize": "none", "temperature": 3.0, "detach_weights": False, "reduction": "anchor_mean"},
+    row
+    for row in cases.OPTIONS
+    if option_id(row)
+    in {
+        "defaults",
+        "include_self=True",
+        "reduction=anchor_mean",
+        "k=7",
+        "negative_reduction=mean",
+        "detach_weights=False",
+        "normalize=sphere,temperature=0.1",
+        "normalize=none,temperature=3.0,detach_weights=False,reduction=anchor_mean",
+    }
 ]
-option_id = lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"  # noqa: E731
 
 
 def batch(n: int, seed: int, d: int = 6, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Norms on both sides of 1 (the ball clip's two branches), and two anchors with no positives."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, d)) * 1.3
-    ids = rng.integers(0, classes, size=n)
-    ids[0], ids[-1] = classes + 3, classes + 9
-    return z, ids
+    """cases.batch with six columns."""
+    return cases.batch(n, seed, d=d, classes=classes)
 
 
 def value_and_grad(backend, function, z, ids, *, kernel: bool, monkeypatch, **options) -> tuple[float, np.ndarray]:
-    """(loss, gradient): NumPy by return_grad, torch by autograd (through FusedLoss when kernel)."""
-    monkeypatch.setattr(losses, "USE_FUSED_KERNEL", kernel)
-    if backend == "numpy":
-        value, grad = function(z, ids, return_grad=True, **options)
-        plain = function(z, ids, **options)  # the value-only pass skips the gradient: the same number
-        np.testing.assert_allclose(float(plain), float(value), rtol=1e-14)
-        return float(value), grad
-    torch = pytest.importorskip("torch")
-    tensor = torch.tensor(z, requires_grad=True)
-    value = function(tensor, torch.tensor(ids), **options)
-    assert (type(value.grad_fn).__name__ == "FusedLossBackward") is kernel
-    value.backward()
-    return value.item(), tensor.grad.numpy()
-
-
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("name", sorted(FUSED))
-@pytest.mark.parametrize("overrides", OPTIONS, ids=option_id)
-@pytest.mark.parametrize("tile", [None, 5])
-def test_kernel_equals_the_array_api_code(backend, name, overrides, tile, monkeypatch):
-    function, extra = FUSED[name]
-    z, ids = batch(13 + len(name), seed=len(name) + 3 * len(overrides))
-    options = {**extra, **overrides}
-    value, grad = value_and_grad(backend, function, z, ids, kernel=True, monkeypatch=monkeypatch, tile=tile, **options)
-    ref_value, ref_grad = value_and_grad(
-        backend, function, z, ids, kernel=False, monkeypatch=monkeypatch, tile=None, **options
-    )
-    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-13)
+    """(loss, gradient) on the fused path (kernel=True) or the dense one; NumPy by return_grad, torch by
+    autograd (through FusedLoss on the fused path, through the array-API code on the dense one)."""
+    tile = options.pop("tile", None)
+    ran = cases.record_paths(monkeypatch)
+    path = "fused" if kernel else "dense"
+    value, grad = cases.value_and_gradient(backend, function, z, ids, **options, **cases.path_options(path, tile))
+    assert {p for p, _ in ran} == {path}
+    return float(value), grad
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_degenerate_batches_match(backend, name, monkeypatch):
-    """One id for every row (no negatives for the supervised losses), all ids distinct (no positives), one row."""
+    """Path: fused (one block and blocks of 4) against dense.
+
+    One id for every row (no negatives for the supervised losses), all ids distinct (no positives), one row."""
     function, extra = FUSED[name]
     rng = np.random.default_rng(1)
     for z, ids in (
@@ -92,6 +78,7 @@ def test_degenerate_batches_match(backend, name, monkeypatch):
 
 
 def test_autograd_keeps_only_the_gradient_and_scales_it_by_the_cotangent():
+    """Path: fused on torch (the FusedLoss Function) against NumPy's fused return_grad."""
     torch = pytest.importorskip("torch")
     z, ids = batch(40, seed=2)
     tensor = torch.tensor(z, requires_grad=True)
@@ -107,6 +94,7 @@ def test_autograd_keeps_only_the_gradient_and_scales_it_by_the_cotangent():
 
 
 def test_torch_return_grad_and_inputs_without_grad():
+    """Path: fused on torch, return_grad and inputs without requires_grad, against NumPy's fused path."""
     torch = pytest.importorskip("torch")
     z, ids = batch(17, seed=5)
     value, grad = hcl.hucl(torch.tensor(z), torch.tensor(ids), beta=4.0, return_grad=True)
@@ -129,6 +117,7 @@ def test_torch_return_grad_and_inputs_without_grad():
     ids=["debiased", "threshold", "reduction-none", "sampled"],
 )
 def test_configurations_outside_the_kernel_take_the_array_api_path(call):
+    """Path: kernel="auto" on torch falls back to the array-API code where the kernel cannot compute."""
     torch = pytest.importorskip("torch")
     z, ids = batch(12, seed=7)
     value = call(torch.tensor(z, requires_grad=True), torch.tensor(ids))
@@ -136,7 +125,9 @@ def test_configurations_outside_the_kernel_take_the_array_api_path(call):
 
 
 def test_extreme_temperature_and_beta_stay_finite_and_accurate():
-    """tau = 0.01 and beta = 1000 in float32: every exponent is max-shifted, nothing overflows."""
+    """Path: fused on torch and NumPy in float32 against NumPy's fused path in float64.
+
+    tau = 0.01 and beta = 1000 in float32: every exponent is max-shifted, nothing overflows."""
     torch = pytest.importorskip("torch")
     z, ids = batch(64, seed=8, d=16)
     tensor = torch.tensor(z, dtype=torch.float32, requires_grad=True)
@@ -155,6 +146,7 @@ def test_extreme_temperature_and_beta_stay_finite_and_accurate():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_input_accumulates_in_float32(dtype):
+    """Path: fused on torch half precision, against NumPy's fused path on the same rounded inputs."""
     torch = pytest.importorskip("torch")
     z, ids = batch(33, seed=9, d=8)
     half = torch.tensor(z, dtype=getattr(torch, dtype), requires_grad=True)
@@ -169,6 +161,7 @@ def test_half_precision_input_accumulates_in_float32(dtype):
 
 
 def test_numpy_half_precision_input_gives_a_float32_loss_and_a_half_gradient():
+    """Path: fused on NumPy float16, against the same path in float64."""
     z, ids = batch(21, seed=10, d=8)
     half = z.astype(np.float16)
     value, grad = hcl.hscl(half, ids, beta=2.0, return_grad=True)
@@ -179,7 +172,9 @@ def test_numpy_half_precision_input_gives_a_float32_loss_and_a_half_gradient():
 
 
 def test_numpy_default_call_runs_the_kernel_in_cache_sized_blocks(monkeypatch):
-    """hscl(z, labels) on NumPy goes through `fused.value_and_grad` with tile = auto_tile(N)."""
+    """Path: fused, chosen by default.
+
+    hscl(z, labels) on NumPy goes through `fused.value_and_grad` with tile = auto_tile(N)."""
     z, ids = batch(50, seed=11)
     seen = []
     original = fused.value_and_grad
@@ -197,7 +192,9 @@ def test_numpy_default_call_runs_the_kernel_in_cache_sized_blocks(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, monkeypatch):
-    """The per-thread scratch buffers are fully rewritten by every call: A, B, A gives A's numbers exactly."""
+    """Path: fused on NumPy and torch.
+
+    The per-thread scratch buffers are fully rewritten by every call: A, B, A gives A's numbers exactly."""
     z, ids = batch(24, seed=12)
     other = np.random.default_rng(13).normal(size=z.shape) * 50.0
     call = lambda x: value_and_grad(backend, hcl.hscl, x, ids, kernel=True, monkeypatch=monkeypatch, beta=3.0)  # noqa: E731
@@ -217,7 +214,9 @@ def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, m
 
 @pytest.mark.parametrize("method", ["numpy", "exp_in_place", "softmax_in_place"])
 def test_every_exponentiation_keeps_the_kernel_contract(method):
-    """Given the row maxima: x <- exp(x - shift) in place, returning the rows' log-sum-exp and sums.
+    """No path: the kernel's exponentiation primitives.
+
+    Given the row maxima: x <- exp(x - shift) in place, returning the rows' log-sum-exp and sums.
 
     Torch takes `softmax_in_place` on the CPU and `exp_in_place` elsewhere: both run here."""
     rng = np.random.default_rng(14)
@@ -244,7 +243,9 @@ def test_every_exponentiation_keeps_the_kernel_contract(method):
 @pytest.mark.parametrize("name", sorted(FUSED))
 @pytest.mark.parametrize("overrides", OPTIONS, ids=option_id)
 def test_one_bad_entry_anywhere_is_rejected(backend, name, overrides):
-    """The kernel path tests only its value for NaN/Inf (fused.value_and_grad's guarantee): one bad
+    """Path: the default (fused) on NumPy and torch.
+
+    The kernel path tests only its value for NaN/Inf (fused.value_and_grad's guarantee): one bad
     entry in any row, a row without positives included, and in batches without terms, is still caught."""
     function, extra = FUSED[name]
     options = {**extra, **overrides}

@@ -1,4 +1,10 @@
-"""The analytic VJP against torch autograd, jax.grad (also under jit) and central finite differences."""
+"""Gradients against independent references: central finite differences of the naive float64 loops,
+and torch autograd or jax.grad through the dense array-API code (kernel="array_api", tile=None).
+
+The analytic VJP of every path against autodiff on every backend, option row by option row, is
+tests/test_paths.py; this file holds what that table does not: hardening functions, sampled draws,
+views, and the gradient through the weights measured by differences.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +13,14 @@ import pytest
 
 import hcl_array as hcl
 from hcl_array import hardening as hd
+from tests import cases
 
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
-LOSSES = {
-    "scl": (hcl.scl, {}),
-    "hscl": (hcl.hscl, {"beta": 3.0}),
-    "ucl": (hcl.ucl, {}),
-    "hucl": (hcl.hucl, {"beta": 3.0}),
-    "supcon": (hcl.supcon, {}),
-    "ntxent": (hcl.ntxent, {}),
-    "debiased_hcl": (hcl.debiased_hcl, {"beta": 1.0, "tau_plus": 0.1}),
-}
-OPTIONS = [
-    {},
-    {"normalize": "sphere", "temperature": 0.4},
-    {"normalize": "none", "temperature": 2.0},
-    {"include_self": True, "negative_reduction": "mean"},
-    {"reduction": "anchor_mean", "k": 5},
-]
-
-
-def batch(seed: int, n: int = 13, d: int = 4, classes: int = 3):
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, d)) * 1.4  # norms on both sides of 1: both branches of the ball clip
-    ids = rng.integers(0, classes, size=n)
-    ids[0] = classes + 1  # an anchor without positives
-    return z, ids
+DENSE = {"kernel": "array_api", "tile": None}
 
 
 def finite_difference(function, z: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -48,61 +32,58 @@ def finite_difference(function, z: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return grad
 
 
-def torch_grad(function, z: np.ndarray, ids: np.ndarray, **options) -> np.ndarray:
-    tensor = torch.tensor(z, requires_grad=True)
-    function(tensor, torch.tensor(ids), **options).backward()
-    return tensor.grad.numpy()
+def torch_dense_grad(function, z: np.ndarray, ids: np.ndarray, **options) -> np.ndarray:
+    """dL/dz by torch autograd through the dense array-API code (never the kernel's own gradient)."""
+    return cases.value_and_gradient("torch", function, z, ids, **options, **DENSE)[1]
 
 
-def jax_grad(function, z: np.ndarray, ids: np.ndarray, **options) -> np.ndarray:
-    step = jax.jit(jax.grad(lambda x: function(x, jnp.asarray(ids), **options)))
-    return np.asarray(step(jnp.asarray(z)))
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
-@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
-def test_analytic_gradient_equals_autodiff(name, overrides):
-    function, extra = LOSSES[name]
-    z, ids = batch(seed=len(name))
-    options = {**extra, **overrides}
-    value, grad = hcl.value_and_grad(function)(z, ids, **options)
-    assert value == pytest.approx(float(function(z, ids, **options)), rel=1e-14)
-    np.testing.assert_allclose(grad, torch_grad(function, z, ids, **options), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(grad, jax_grad(function, z, ids, **options), rtol=1e-10, atol=1e-13)
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_gradient_through_the_weights_equals_finite_differences(name):
-    """Undetached exponential weights: the gradient of the loss as a function, which differences measure."""
-    function, extra = LOSSES[name]
-    z, ids = batch(seed=3 + len(name), n=9)
-    options = {**extra, "detach_weights": False, "temperature": 0.7}
-    _, grad = function(z, ids, return_grad=True, **options)
-    np.testing.assert_allclose(grad, finite_difference(lambda x: function(x, ids, **options), z), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grad, torch_grad(function, z, ids, **options), rtol=1e-10, atol=1e-13)
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        (path, name)
+        for path in ("dense", "tiled", "fused")
+        for name in cases.NAMES
+        if cases.LOSSES[name].fused or path != "fused"
+    ],
+)
+def test_gradient_through_the_weights_equals_finite_differences_of_the_naive_loops(path, name):
+    """Path: the one in the id, on NumPy (return_grad); undetached weights: the gradient of the loss as a
+    function, which central differences of tests/reference.py measure independently of hcl_array."""
+    z, ids = cases.batch(9, seed=3 + len(name), d=4, classes=3, scale=1.4)
+    row = {"detach_weights": False, "temperature": 0.7}
+    options = {**cases.loss_options(name, row), **cases.path_options(path, 4)}
+    _, grad = cases.LOSSES[name].function(z, ids, return_grad=True, **options)
+    measured = finite_difference(lambda x: cases.reference_value(name, x, ids, row), z)
+    np.testing.assert_allclose(grad, measured, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("hardening", [hd.threshold(0.1), hd.top_k(2), hd.exponential(2.0)], ids=repr)
-def test_detached_hardening_gradients_equal_autodiff(hardening):
-    z, ids = batch(seed=7)
-    _, grad = hcl.contrastive_loss(z, ids, hardening=hardening, return_grad=True)
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+def test_detached_hardening_gradients_equal_autograd_through_the_dense_code(hardening, path):
+    """Path: dense or tiled on NumPy (return_grad) against torch autograd through the dense code."""
+    z, ids = cases.batch(13, seed=7, d=4, classes=3, scale=1.4)
+    _, grad = hcl.contrastive_loss(z, ids, hardening=hardening, return_grad=True, **cases.path_options(path, 4))
     np.testing.assert_allclose(
-        grad, torch_grad(hcl.contrastive_loss, z, ids, hardening=hardening), rtol=1e-10, atol=1e-13
+        grad, torch_dense_grad(hcl.contrastive_loss, z, ids, hardening=hardening), rtol=1e-10, atol=1e-13
     )
 
 
-def test_sampled_negatives_gradient_equals_autodiff_and_differences():
-    z, ids = batch(seed=8, n=10)
-    uniforms = np.random.default_rng(0).random((10, 6))
-    options = {"beta": 2.0, "negatives": "sampled", "k": 6, "uniforms": uniforms}
-    _, grad = hcl.hscl(z, ids, return_grad=True, **options)
+def test_sampled_negatives_gradient_equals_autograd_and_differences():
+    """Path: dense (the only one with sampled negatives), NumPy's analytic VJP against torch autograd
+    through the same code and against differences of the naive loops with the same draws."""
+    z, ids = cases.batch(10, seed=8, d=4, classes=3, scale=1.4)
+    draws = cases.uniforms(10, 6, seed=0)
+    options = {**cases.loss_options("hscl", {}), "negatives": "sampled", "k": 6}
+    _, grad = hcl.hscl(z, ids, return_grad=True, uniforms=draws, **options)
     np.testing.assert_allclose(
-        grad, torch_grad(hcl.hscl, z, ids, **{**options, "uniforms": torch.tensor(uniforms)}), rtol=1e-10, atol=1e-13
+        grad, torch_dense_grad(hcl.hscl, z, ids, uniforms=draws, **options), rtol=1e-10, atol=1e-13
     )
-    np.testing.assert_allclose(grad, finite_difference(lambda x: hcl.hscl(x, ids, **options), z), rtol=1e-6, atol=1e-8)
+    measured = finite_difference(lambda x: cases.reference_value("hscl", x, ids, {"k": 6}, draws), z)
+    np.testing.assert_allclose(grad, measured, rtol=1e-6, atol=1e-8)
 
 
 def test_views_gradient_keeps_the_view_layout():
+    """Path: NumPy's default (the fused kernel) on (B, V, d) views, against differences."""
     z = np.random.default_rng(9).normal(size=(5, 2, 3))
     _, grad = hcl.ntxent(z, return_grad=True)
     assert grad.shape == z.shape
@@ -110,7 +91,8 @@ def test_views_gradient_keeps_the_view_layout():
 
 
 def test_jax_jit_with_sampled_negatives_from_jax_random():
-    z, ids = batch(seed=10)
+    """Path: dense under jax.jit, the draws from jax.random; the value against NumPy with the same draws."""
+    z, ids = cases.batch(13, seed=10, d=4, classes=3, scale=1.4)
     key = jax.random.PRNGKey(0)
 
     @jax.jit

@@ -1,4 +1,9 @@
-"""Every loss against the naive float64 loops, on every backend, and the facts the theory proves."""
+"""The losses on their default path (kernel="auto", tile="auto": the fused kernel on NumPy and torch
+where it serves, else dense): hardening functions, sampled draws, views, edge cases, numerics, bad input,
+and the facts the theory proves, against the naive float64 loops and closed forms.
+
+Every named loss and option row on every path and backend against the naive loops is tests/test_paths.py.
+"""
 
 from __future__ import annotations
 
@@ -13,78 +18,12 @@ import hcl_array as hcl
 from hcl_array import config
 from hcl_array import hardening as hd
 from hcl_array._array_api import to_numpy
+from tests import cases
 from tests.conftest import assert_close
 from tests.reference import naive_loss
 
 RNG = np.random.default_rng(20231105)
-
-
-def batch(n: int = 14, d: int = 5, classes: int = 4, seed: int = 0, scale: float = 1.3):
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, d)) * scale
-    ids = rng.integers(0, classes, size=n)
-    ids[-1] = classes + 7  # one anchor without positives: it must contribute nothing
-    return z, ids
-
-
-NAMED = {
-    # name: (function, reference options, extra options for the function)
-    "scl": (hcl.scl, {"candidates": "other-ids"}, {}),
-    "hscl": (hcl.hscl, {"candidates": "other-ids", "hardening": ("exp", 2.5)}, {"beta": 2.5}),
-    "ucl": (hcl.ucl, {"candidates": "all"}, {}),
-    "hucl": (hcl.hucl, {"candidates": "all", "hardening": ("exp", 2.5)}, {"beta": 2.5}),
-    "supcon": (
-        hcl.supcon,
-        {"candidates": "all", "form": "supcon", "temperature": 0.1, "normalize": "sphere", "reduction": "anchor_mean"},
-        {},
-    ),
-    "ntxent": (hcl.ntxent, {"candidates": "other-ids", "temperature": 0.5, "normalize": "sphere"}, {}),
-    "debiased_hcl": (
-        hcl.debiased_hcl,
-        {
-            "candidates": "other-ids",
-            "form": "debiased",
-            "hardening": ("exp", 1.5),
-            "tau_plus": 0.1,
-            "temperature": 0.5,
-            "normalize": "sphere",
-        },
-        {"beta": 1.5, "tau_plus": 0.1},
-    ),
-}
-
-OPTION_GRID = [
-    {},
-    {"normalize": "sphere"},
-    {"normalize": "none", "temperature": 3.0},
-    {"temperature": 0.3},
-    {"include_self": True},
-    {"reduction": "anchor_mean"},
-    {"reduction": "none"},
-    {"k": 7},
-    {"negative_reduction": "mean"},
-    {"include_self": True, "negative_reduction": "mean", "normalize": "ball"},
-]
-
-
-def reference_options(defaults: dict, overrides: dict) -> dict:
-    options = dict(defaults)
-    options.update(overrides)
-    return options
-
-
-@pytest.mark.parametrize("name", sorted(NAMED))
-@pytest.mark.parametrize(
-    "overrides", OPTION_GRID, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
-)
-def test_named_losses_match_naive_loops(xp, name, overrides):
-    function, reference_defaults, extra = NAMED[name]
-    z, ids = batch(seed=len(name))
-    if name == "debiased_hcl" and overrides.get("normalize") == "none":
-        overrides = {**overrides, "temperature": 10.0}  # keep the direct exponentials of the reference finite
-    value = function(xp.asarray(z), xp.asarray(ids), **extra, **overrides)
-    expected = naive_loss(z, ids, **reference_options(reference_defaults, overrides))
-    assert_close(value, expected, rtol=1e-11, atol=1e-13, xp=xp)
+batch = cases.batch
 
 
 @pytest.mark.parametrize(
@@ -99,6 +38,7 @@ def test_named_losses_match_naive_loops(xp, name, overrides):
 )
 @pytest.mark.parametrize("candidates", ["other-ids", "all"])
 def test_hardening_functions_match_naive_loops(xp, hardening, reference, candidates):
+    """Path: the default on every backend (dense; exponential: fused on NumPy and torch)."""
     z, ids = batch(n=16, seed=3)
     value = hcl.contrastive_loss(
         xp.asarray(z), xp.asarray(ids), hardening=hardening, candidates=candidates, normalize="sphere"
@@ -108,33 +48,15 @@ def test_hardening_functions_match_naive_loops(xp, hardening, reference, candida
 
 
 def test_threshold_leaving_anchor_without_negatives_contributes_zero():
+    """Path: dense on NumPy (the kernel has no threshold)."""
     z, ids = batch(n=10, seed=4)
     value = hcl.contrastive_loss(z, ids, hardening=hd.threshold(0.95), normalize="sphere")
     expected = naive_loss(z, ids, hardening=("threshold", 0.95), normalize="sphere")
     assert value == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["scl", "hscl", "ucl", "hucl"])
-@pytest.mark.parametrize("negative_reduction", ["sum", "mean"])
-def test_sampled_negatives_match_naive_draws(xp, name, negative_reduction):
-    function, reference_defaults, extra = NAMED[name]
-    z, ids = batch(n=12, seed=5)
-    k = 9
-    uniforms = np.random.default_rng(11).random((12, k))
-    value = function(
-        xp.asarray(z),
-        xp.asarray(ids),
-        **extra,
-        negatives="sampled",
-        k=k,
-        negative_reduction=negative_reduction,
-        uniforms=xp.asarray(uniforms),
-    )
-    expected = naive_loss(z, ids, **reference_defaults, k=k, negative_reduction=negative_reduction, uniforms=uniforms)
-    assert_close(value, expected, rtol=1e-11, xp=xp)
-
-
 def test_sampled_negatives_are_reproducible_and_seeded():
+    """Path: dense on NumPy (the only path with sampled negatives)."""
     z, ids = batch(n=20, seed=6)
     first = hcl.hscl(z, ids, beta=3.0, negatives="sampled", k=16, rng=7)
     assert hcl.hscl(z, ids, beta=3.0, negatives="sampled", k=16, rng=7) == first
@@ -142,6 +64,7 @@ def test_sampled_negatives_are_reproducible_and_seeded():
 
 
 def test_sampled_negatives_approach_expected_form_as_k_grows():
+    """Path: dense (sampled) against the fused kernel (expected) on NumPy."""
     z, ids = batch(n=24, seed=8)
     options = {"beta": 2.0, "negative_reduction": "mean"}
     expected = float(hcl.hscl(z, ids, **options))
@@ -154,6 +77,7 @@ def test_sampled_negatives_approach_expected_form_as_k_grows():
 
 
 def test_paper_preset_reproduces_the_paper_code_semantics():
+    """Path: dense on NumPy (the preset samples negatives)."""
     z, ids = batch(n=12, seed=9)
     uniforms = np.random.default_rng(1).random((12, 256))
     value = hcl.hscl(z, ids, beta=5.0, **{**hcl.PAPER_PRESET, "rng": None}, uniforms=uniforms)
@@ -170,6 +94,7 @@ def test_paper_preset_reproduces_the_paper_code_semantics():
 
 
 def test_views_are_flattened_view_major(xp):
+    """Path: the default on every backend, (B, V, d) views."""
     rng = np.random.default_rng(10)
     views = rng.normal(size=(6, 2, 4))
     rows = np.concatenate([views[:, 0], views[:, 1]])
@@ -187,27 +112,31 @@ def test_views_are_flattened_view_major(xp):
 
 
 def test_batch_without_positive_pairs_is_zero_with_zero_gradient():
+    """Path: fused on NumPy (return_grad)."""
     z = RNG.normal(size=(5, 3))
     value, grad = hcl.hscl(z, np.arange(5), beta=2.0, return_grad=True)
     assert value == 0.0 and not np.any(grad)
 
 
 def test_anchor_without_negatives_contributes_zero():
+    """Path: fused on NumPy (return_grad)."""
     z = RNG.normal(size=(4, 3))
     value, grad = hcl.scl(z, np.zeros(4, dtype=np.int64), return_grad=True)
     assert value == 0.0 and not np.any(grad)
 
 
 def test_single_row():
+    """Path: fused on NumPy."""
     assert hcl.ucl(RNG.normal(size=(1, 3)), np.array([0])) == 0.0
 
 
 # --- numerics ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(NAMED))
+@pytest.mark.parametrize("name", cases.NAMES)
 def test_no_overflow_at_small_temperature_and_large_beta(xp, name):
-    function, _, extra = NAMED[name]
+    """Path: the default on every backend, float64 and float32."""
+    function, extra = cases.LOSSES[name].function, cases.LOSSES[name].extra
     z, ids = batch(n=16, seed=12)
     options = {**extra, "temperature": 0.01}
     if "beta" in extra:
@@ -220,6 +149,7 @@ def test_no_overflow_at_small_temperature_and_large_beta(xp, name):
 
 
 def test_half_precision_accumulates_in_float32():
+    """Path: fused on torch half precision and NumPy float16, against the same path in float64."""
     torch = pytest.importorskip("torch")
 
     z, ids = batch(n=16, seed=13)
@@ -241,7 +171,9 @@ def test_half_precision_accumulates_in_float32():
 
 
 def test_finite_check_decides_by_the_sum_but_never_misreads_an_overflow():
-    """Huge finite embeddings overflow the checking sum to inf: the elementwise check then clears them."""
+    """No path: config.all_finite.
+
+    Huge finite embeddings overflow the checking sum to inf: the elementwise check then clears them."""
     import array_api_compat.numpy as xp
 
     huge = np.full((5, 3), 3e38, dtype=np.float32)
@@ -288,6 +220,7 @@ def test_finite_check_decides_by_the_sum_but_never_misreads_an_overflow():
     ],
 )
 def test_bad_input_names_the_argument(call, error, message):
+    """No path: validation before dispatch (and the finiteness test after the kernel)."""
     z, ids = batch(n=6, seed=14)
     with pytest.raises(error, match=message):
         call(z, ids)
@@ -306,7 +239,9 @@ def test_bad_input_names_the_argument(call, error, message):
     normalize=st.sampled_from(["ball", "sphere", "none"]),
 )
 def test_hardening_never_lowers_the_loss(seed, n, classes, temperature, betas, normalize):
-    """Harris inequality: eta non-decreasing puts q's mass on larger s, so the loss grows with beta."""
+    """Path: the default (fused) on NumPy.
+
+    Harris inequality: eta non-decreasing puts q's mass on larger s, so the loss grows with beta."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 4))
     ids = rng.integers(0, classes, size=n)
@@ -330,6 +265,7 @@ def simplex_etf(classes: int, dim: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("classes, per_class, temperature", [(100, 2, 1.0), (5, 3, 0.5), (10, 4, 0.2)])
 @pytest.mark.parametrize("negative_reduction", ["sum", "mean"])
 def test_neural_collapse_attains_the_closed_form(classes, per_class, temperature, negative_reduction):
+    """Path: fused on NumPy (return_grad), against the closed form at the simplex ETF."""
     means = simplex_etf(classes, classes - 1 if classes > 5 else classes + 2)
     z = np.repeat(means, per_class, axis=0)
     labels = np.repeat(np.arange(classes), per_class)
@@ -354,6 +290,7 @@ def test_neural_collapse_attains_the_closed_form(classes, per_class, temperature
     temperature=st.floats(0.1, 3.0),
 )
 def test_random_unit_configurations_never_beat_the_simplex(seed, classes, per_class, temperature):
+    """Path: fused on NumPy, against the closed-form lower bound."""
     labels = np.repeat(np.arange(classes), per_class)
     z = np.random.default_rng(seed).normal(size=(classes * per_class, classes + 1))
     z /= np.linalg.norm(z, axis=1, keepdims=True)
