@@ -49,6 +49,7 @@ class JaxCollectives:
         return jax.lax.psum_scatter(x, self.axis_name, scatter_dimension=0, tiled=True)
 
 
+@partial(jax.jit, static_argnums=(3, 4))  # eager JAX would dispatch every small operation on every device
 def _value_and_grad(embeddings: jax.Array, ids: Any, uniforms: Any, config: LossConfig, need_grad: bool) -> tuple:
     comm = JaxCollectives(config.axis_name)
     return distributed.value_and_grad(
