@@ -217,6 +217,7 @@ class ContrastiveObjective:
     options: dict[str, Any]
     views: int = 1
     module_forward: Callable[..., Array] | None = None  # a torch module's functional forward (resnets)
+    group: Any = None  # a torch.distributed ProcessGroup: the loss spans its ranks' shares of the batch
 
     def embed(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
         """z: (B, d) for one view, (B, V, d) for V views (rows of x flattened sample-major first)."""
@@ -232,7 +233,9 @@ class ContrastiveObjective:
         self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
     ) -> Array:
         """The mean loss of the batch."""
-        return LOSSES[self.loss](self.embed(params, x, indices), ids, uniforms=uniforms, **self.options)
+        return LOSSES[self.loss](
+            self.embed(params, x, indices), ids, uniforms=uniforms, group=self.group, **self.options
+        )
 
     def value_and_grad(
         self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
@@ -241,7 +244,7 @@ class ContrastiveObjective:
         if self.module_forward is not None:
             raise NotImplementedError("ResNet encoders have no analytic gradient: train them with --backend torch")
         z = self.embed(params, x, indices)
-        value, grad_z = LOSSES[self.loss](z, ids, uniforms=uniforms, return_grad=True, **self.options)
+        value, grad_z = LOSSES[self.loss](z, ids, uniforms=uniforms, return_grad=True, group=self.group, **self.options)
         xp = _namespace_of(params)
         if self.views == 1:
             return value, encoders.backward(self.encoder, params, x, indices, grad_z)
@@ -272,10 +275,64 @@ def make_step(backend: Any, objective: ContrastiveObjective, optimizer: optim.Op
 
     def step(params: dict[str, Array], opt_state: dict[str, Array], *batch: Any) -> tuple[Any, Any, Array]:
         value, grads = backend.value_and_grad(objective, params, *batch)
+        if objective.group is not None:
+            grads = average_over_ranks(grads, objective.group)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optim.apply_updates(params, updates), opt_state, value
 
     return backend.compile(step)
+
+
+def average_over_ranks(grads: dict[str, Array], group: Any) -> dict[str, Array]:
+    """(1/R) sum_r grads_r over the ranks of a torch ProcessGroup: what DistributedDataParallel does.
+
+    Autograd through the distributed loss gives each rank R times its share of the global gradient
+    (every rank's copy of the loss depends on its rows), so the average is the single-process gradient.
+    """
+    import torch
+    import torch.distributed as dist
+
+    size = dist.get_world_size(group)
+    flat = torch.cat([g.reshape(-1) for g in grads.values()])
+    dist.all_reduce(flat, group=group)  # one collective for every parameter, as DDP's buckets
+    averaged, start = {}, 0
+    for name, grad in grads.items():
+        averaged[name] = flat[start : start + grad.numel()].reshape(grad.shape) / size
+        start += grad.numel()
+    return averaged
+
+
+def local_share(arguments: tuple[Any, ...], rank: int, size: int) -> tuple[Any, ...]:
+    """This rank's rows of a global batch's (x, ids, indices, uniforms): contiguous, ranks in order.
+
+    The uniforms stay global: the distributed loss takes its anchors' rows (the same draws as one process).
+    """
+    x, ids, indices, uniforms = arguments
+    bounds = np.linspace(0, indices.shape[0], size + 1).astype(int)
+    rows = slice(int(bounds[rank]), int(bounds[rank + 1]))
+    return (None if x is None else x[rows], None if ids is None else ids[rows], indices[rows], uniforms)
+
+
+def init_distributed(device: str | None, timeout: float) -> Any:
+    """Join the process group torchrun describes (env RANK, WORLD_SIZE, MASTER_ADDR, ...): NCCL on CUDA,
+    gloo on the CPU. A rank that stops answering makes the others' next collective fail after `timeout` s."""
+    import datetime
+
+    import torch.distributed as dist
+
+    backend = "nccl" if device is not None and device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return dist.group.WORLD
+
+
+def _rank_of(group: Any) -> tuple[int, int]:
+    """(rank, size) in `group`, or (0, 1) for one process."""
+    if group is None:
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,16 +508,26 @@ def train(
     out: str | Path | None = None,
     resume_from: str | Path | None = None,
     callback: Callable[[EpochReport], None] | None = None,
+    group: Any = None,
 ) -> TrainResult:
     """Train an encoder with a contrastive loss; write the checkpoint to `out` atomically after every epoch.
 
     resume_from: a checkpoint of the same configuration (only `epochs` and `device` may change); training
     continues after its last completed epoch and gives the same result as an uninterrupted run.
+    group: a torch.distributed ProcessGroup (--backend torch): each rank computes its share of every
+    global batch, the loss spans the ranks and the gradients are averaged (docs/distributed.md); rank 0
+    writes the checkpoint and receives the callback. The trajectory is the single-process one.
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     config.validate()
+    if group is not None and config.backend != "torch":
+        raise ValueError(
+            f"several processes need --backend torch (got {config.backend!r}); JAX: see docs/distributed.md"
+        )
     started = time.perf_counter()
     run = _setup(config)
+    run.objective = dataclasses.replace(run.objective, group=group)
+    rank, size = _rank_of(group)
     if resume_from is not None:
         _resume(run, resume_from)
         out = resume_from if out is None else out
@@ -478,7 +545,7 @@ def train(
         batch_losses = []
         epoch_batches = datasets.batches(num_train, config.batch_size, seed=config.seed, epoch=epoch)
         for batch_number, indices in enumerate(epoch_batches):
-            arguments = _batch_arguments(run, indices, epoch, batch_number)
+            arguments = local_share(_batch_arguments(run, indices, epoch, batch_number), rank, size)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
             batch_losses.append(float(run.backend.to_numpy(value)))
         train_embeddings, test_embeddings, scalars = _evaluate(run, embed_fn)
@@ -487,10 +554,14 @@ def train(
             run.history.setdefault(key, []).append(value)
         run.class_means.append(_class_means(train_embeddings, run.dataset.y_train, run.dataset.num_classes))
         checkpoint = _checkpoint(run, epoch + 1, train_embeddings, test_embeddings)
-        if path is not None:
+        if path is not None and rank == 0:
             save_checkpoint(path, checkpoint)
-        if callback is not None:
+        if callback is not None and rank == 0:
             callback(EpochReport(epoch + 1, config.epochs, scalars, time.perf_counter() - epoch_started, path))
+    if group is not None:  # every rank returns once rank 0 has written the last checkpoint
+        import torch.distributed as dist
+
+        dist.barrier(group)
     if checkpoint is None:  # resumed at or past the last epoch: nothing left to train
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}

@@ -8,6 +8,7 @@ ranks hold anchors whose positives are all elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import traceback
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import hcl_array as hcl
+from hcl_array.training import TrainConfig, train
 from tests.distributed_cases import CASES, DIM, LABELS, VIEWS, global_batch
 
 torch = pytest.importorskip("torch")
@@ -94,13 +96,44 @@ def _errors(rank: int, sizes: list[int], world: Any) -> dict[str, str]:
     return messages
 
 
-def _worker(rank: int, init: str, results: Any) -> None:
+#: a run with views, instance ids, augmentations and sampled negatives; batches of 7 split 3 + 4
+TRAIN = TrainConfig(
+    loss="hucl",
+    encoder="mlp",
+    hidden=6,
+    classes=3,
+    per_class=10,
+    input_dim=4,
+    views=2,
+    negatives="sampled",
+    k=5,
+    batch_size=7,
+    epochs=2,
+    optimizer="sgd",  # plain SGD: a gradient off by the number of ranks would show (Adam would hide it)
+    lr=0.5,
+    backend="torch",
+    dtype="float64",
+    seed=3,
+)
+
+
+def _train_twice(group: Any, folder: str) -> dict[str, Any]:
+    """One epoch, then a second one resumed from the checkpoint rank 0 wrote."""
+    path = f"{folder}/run.npz"
+    train(dataclasses.replace(TRAIN, epochs=1), out=path, group=group)
+    result = train(TRAIN, resume_from=path, group=group)
+    params = result.checkpoint.params
+    return {"history": {k: v.tolist() for k, v in result.history.items()}, "params": params}
+
+
+def _worker(rank: int, init: str, folder: str, results: Any) -> None:
     try:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=3)
         pair = dist.new_group([0, 1])  # every rank creates it; only its members use it
         out = {3: _all_cases(rank, SIZES[3], dist.group.WORLD)}
         if rank < 2:
             out[2] = _all_cases(rank, SIZES[2], pair)
+            out["train"] = _train_twice(pair, folder)
         results.put((rank, out))
         dist.destroy_process_group()
     except BaseException:  # the parent must see why, not wait for a result that never comes
@@ -113,8 +146,11 @@ def by_world(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[st
     """Each world size's list of per-rank results, from three spawned gloo processes."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    init = f"file://{tmp_path_factory.mktemp('gloo') / 'rendezvous'}"
-    workers = [context.Process(target=_worker, args=(rank, init, results)) for rank in range(3)]
+    folder = tmp_path_factory.mktemp("gloo")
+    workers = [
+        context.Process(target=_worker, args=(rank, f"file://{folder}/rendezvous", str(folder), results))
+        for rank in range(3)
+    ]
     for worker in workers:
         worker.start()
     gathered = dict(results.get(timeout=300) for _ in workers)
@@ -122,7 +158,8 @@ def by_world(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[st
         worker.join(timeout=60)
     failed = {rank: out for rank, out in gathered.items() if isinstance(out, str)}
     assert not failed, failed
-    return {world: [gathered[rank][world] for rank in range(world)] for world in SIZES}
+    by_world = {world: [gathered[rank][world] for rank in range(world)] for world in SIZES}
+    return {**by_world, "train": [gathered[rank]["train"] for rank in range(2)]}
 
 
 @pytest.fixture(params=sorted(SIZES), ids=lambda world: f"{world}ranks")
@@ -216,3 +253,19 @@ def test_group_needs_torch_tensors_and_an_initialised_group() -> None:
 def test_what_is_not_distributed_names_the_option(options: dict, names: str) -> None:
     with pytest.raises(ValueError, match=names):
         hcl.contrastive_loss(torch.zeros(4, 2, 3), group=object(), **options)
+
+
+def test_two_process_training_follows_the_one_process_trajectory(by_world: dict) -> None:
+    """2 ranks (batches split 3 + 4, resumed after epoch 1) against one uninterrupted process, in float64."""
+    single = train(TRAIN)
+    for out in by_world["train"]:
+        assert set(out["history"]) == set(single.history)
+        for key, values in single.history.items():
+            np.testing.assert_allclose(out["history"][key], values, rtol=1e-6, atol=1e-9, err_msg=key)
+        for name, value in single.checkpoint.params.items():
+            np.testing.assert_allclose(out["params"][name], value, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_training_on_several_processes_needs_torch() -> None:
+    with pytest.raises(ValueError, match="several processes need --backend torch"):
+        train(dataclasses.replace(TRAIN, backend="numpy"), group=object())
