@@ -326,13 +326,23 @@ def init_distributed(device: str | None, timeout: float) -> Any:
     return dist.group.WORLD
 
 
-def _rank_of(group: Any) -> tuple[int, int]:
-    """(rank, size) in `group`, or (0, 1) for one process."""
+def _distribute(run: _Run, group: Any) -> tuple[int, int]:
+    """Let the run's loss span the ranks of `group`; (rank, size), or (0, 1) for one process."""
     if group is None:
         return 0, 1
+    if run.config.backend != "torch":
+        raise ValueError(f"several processes need --backend torch (got {run.config.backend!r}); JAX: see the docs")
     import torch.distributed as dist
 
+    run.objective = dataclasses.replace(run.objective, group=group)
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _barrier(group: Any) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -514,20 +524,14 @@ def train(
 
     resume_from: a checkpoint of the same configuration (only `epochs` and `device` may change); training
     continues after its last completed epoch and gives the same result as an uninterrupted run.
-    group: a torch.distributed ProcessGroup (--backend torch): each rank computes its share of every
-    global batch, the loss spans the ranks and the gradients are averaged (docs/distributed.md); rank 0
-    writes the checkpoint and receives the callback. The trajectory is the single-process one.
+    group: a torch ProcessGroup: each rank trains on its share of every batch, with the single-process
+    trajectory (docs/distributed.md); rank 0 writes the checkpoint and gets the callback.
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     config.validate()
-    if group is not None and config.backend != "torch":
-        raise ValueError(
-            f"several processes need --backend torch (got {config.backend!r}); JAX: see docs/distributed.md"
-        )
     started = time.perf_counter()
     run = _setup(config)
-    run.objective = dataclasses.replace(run.objective, group=group)
-    rank, size = _rank_of(group)
+    rank, size = _distribute(run, group)
     if resume_from is not None:
         _resume(run, resume_from)
         out = resume_from if out is None else out
@@ -558,10 +562,7 @@ def train(
             save_checkpoint(path, checkpoint)
         if callback is not None and rank == 0:
             callback(EpochReport(epoch + 1, config.epochs, scalars, time.perf_counter() - epoch_started, path))
-    if group is not None:  # every rank returns once rank 0 has written the last checkpoint
-        import torch.distributed as dist
-
-        dist.barrier(group)
+    _barrier(group)  # every rank returns once rank 0 has written the last checkpoint
     if checkpoint is None:  # resumed at or past the last epoch: nothing left to train
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}

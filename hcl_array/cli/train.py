@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,7 +18,7 @@ from rich.table import Table
 from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DATASET_NAMES
-from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, train
+from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, init_distributed, train
 
 #: Errors a user can fix: shown as one line, never as a traceback.
 USER_ERRORS = (
@@ -137,6 +140,17 @@ _ResumeOption = Annotated[
         "taken from it). \\[default: none: a new run]"
     ),
 ]
+_NprocOption = Annotated[
+    int,
+    typer.Option(
+        help="Processes (--backend torch): relaunches through torch.distributed.run (as torchrun --nproc-per-node "
+        "N); each trains on its share of every batch, gloo on the CPU, NCCL on CUDA. \\[default: 1]"
+    ),
+]
+_RankTimeoutOption = Annotated[
+    float,
+    typer.Option(help="Seconds a process waits for the others before it gives up (several processes only)."),
+]
 _QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
@@ -175,15 +189,28 @@ def train_command(
     out: _OutOption = None,
     resume: _ResumeOption = None,
     quiet: _QuietOption = False,
+    nproc: _NprocOption = 1,
+    rank_timeout: _RankTimeoutOption = 300.0,
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start nproc copies of this command
+        raise typer.Exit(_launch(nproc, backend))
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
+    group = None
     try:
         config = _config(ctx, given, resume)
         target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
-        result = _run(config, target, resume, quiet)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            config, group = _join_processes(config, rank_timeout)
+        result = _run(config, target, resume, quiet or _rank() > 0, group)
     except USER_ERRORS as error:
         raise fail(str(error)) from None
+    except RuntimeError as error:  # torch.distributed: a rank died or stopped answering
+        if group is None:
+            raise
+        raise _lost_rank(error, rank_timeout, target) from None
+    if _rank() > 0:
+        return
     if quiet:
         typer.echo(str(result.path))
     else:
@@ -214,9 +241,44 @@ def _source(ctx: typer.Context, name: str) -> str:
     return getattr(source, "name", "DEFAULT")
 
 
-def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) -> TrainResult:
+def _launch(nproc: int, backend: str) -> int:
+    """Run this command line in nproc processes under torch.distributed.run; its exit status."""
+    if backend != "torch":
+        raise fail(f"--nproc {nproc} needs --backend torch (JAX spreads a batch over devices instead, see the docs)")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "hcl_array.cli.app", *_without_nproc(sys.argv[1:])])
+
+
+def _without_nproc(arguments: list[str]) -> list[str]:
+    """The command line without --nproc N: the launcher would take it for its own --nproc-per-node."""
+    kept: list[str] = []
+    for previous, argument in zip(["", *arguments], arguments, strict=False):
+        if previous != "--nproc" and argument != "--nproc" and not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
+
+
+def _join_processes(config: TrainConfig, timeout: float) -> tuple[TrainConfig, Any]:
+    """Join the process group torchrun set up; with CUDA, each process takes the GPU of its local rank."""
+    if config.device is not None and config.device.startswith("cuda"):
+        config = dataclasses.replace(config, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return config, init_distributed(config.device, timeout)
+
+
+def _lost_rank(error: RuntimeError, timeout: float, target: Path) -> typer.Exit:
+    """The one-line message of a process whose peers died or stopped answering."""
+    first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+    message = f"process {_rank()} stopped: another process died or did not answer within {timeout:g} s"
+    return fail(f"{message} ({first_line}); the last checkpoint {target} is intact: continue with --resume")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool, group: Any = None) -> TrainResult:
     if quiet:
-        return train(config, out=target, resume_from=resume)
+        return train(config, out=target, resume_from=resume, group=group)
     # Started at the first epoch's report, so that a setup error (bad data dir, backend) prints no bar.
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -235,7 +297,7 @@ def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool) ->
         progress.update(tasks[0], completed=report.epoch, description=_epoch_line(report.metrics))
 
     try:
-        return train(config, out=target, resume_from=resume, callback=show)
+        return train(config, out=target, resume_from=resume, callback=show, group=group)
     finally:
         progress.stop()
 
