@@ -269,3 +269,20 @@ def test_two_process_training_follows_the_one_process_trajectory(by_world: dict)
 def test_training_on_several_processes_needs_torch() -> None:
     with pytest.raises(ValueError, match="several processes need --backend torch"):
         train(dataclasses.replace(TRAIN, backend="numpy"), group=object())
+
+
+def test_nproc_needs_the_torch_backend_in_one_line() -> None:
+    typer_testing = pytest.importorskip("typer.testing")
+    from hcl_array.cli.app import app
+
+    result = typer_testing.CliRunner().invoke(app, ["train", "--nproc", "2", "--backend", "numpy"])
+    assert result.exit_code == 1
+    assert "--nproc 2 needs --backend torch" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_launcher_gets_the_command_line_without_nproc() -> None:
+    from hcl_array.cli.train import _without_nproc
+
+    given = ["train", "--nproc", "2", "--epochs", "3", "--nproc=4", "--backend", "torch"]
+    assert _without_nproc(given) == ["train", "--epochs", "3", "--backend", "torch"]

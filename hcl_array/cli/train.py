@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -242,11 +241,22 @@ def _source(ctx: typer.Context, name: str) -> str:
 
 
 def _launch(nproc: int, backend: str) -> int:
-    """Run this command line in nproc processes under torch.distributed.run; its exit status."""
+    """Run this command line in nproc processes under torch.distributed.run (torchrun); 0 when all succeed."""
     if backend != "torch":
         raise fail(f"--nproc {nproc} needs --backend torch (JAX spreads a batch over devices instead, see the docs)")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*launcher, "-m", "hcl_array.cli.app", *_without_nproc(sys.argv[1:])])
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    launcher = ["--standalone", f"--nproc-per-node={nproc}", "-m", "hcl_array.cli.app"]
+    try:
+        run(get_args_parser().parse_args([*launcher, *_without_nproc(sys.argv[1:])]))
+    except ChildFailedError as error:
+        first = min(error.failures.values(), key=lambda failure: failure.timestamp)
+        raise fail(
+            f"process {first.local_rank} of {nproc} failed (exit code {first.exitcode}) and the launcher stopped "
+            "the others; the checkpoint of the last completed epoch is intact: continue with --resume"
+        ) from None
+    return 0
 
 
 def _without_nproc(arguments: list[str]) -> list[str]:
