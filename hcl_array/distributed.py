@@ -167,9 +167,9 @@ def _segment(u: Array, ids: Array, uniforms: Array, start: Any, count: int, conf
         return column_grad + grad_similarity.T @ block[0], (pair_count, loss_sum, grad_similarity @ u)
 
     block_arrays = tuple(xp.take(a, rows, axis=0) for a in (u, ids, uniforms))
-    column_grad, (pair_counts, loss_sums, row_grad) = scan(
-        body, xp.zeros_like(u), block_arrays, tiled.block_rows(config.tile, count)
-    )
+    # a block is (rows, N_global): "auto" sizes it for N_global columns, as the tiled path does for N
+    rows_per_block = min(tiled.block_rows(config.tile, u.shape[0]), count)
+    column_grad, (pair_counts, loss_sums, row_grad) = scan(body, xp.zeros_like(u), block_arrays, rows_per_block)
     return column_grad, row_grad, loss_sums, pair_counts
 
 
