@@ -270,17 +270,63 @@ def _repeat(indices: Array, times: int) -> Array:
     return xp.reshape(xp.stack([indices] * times, axis=1), (-1,))
 
 
-def make_step(backend: Any, objective: ContrastiveObjective, optimizer: optim.Optimizer) -> Callable[..., Any]:
-    """One compiled optimizer step: (params, opt_state, *batch) -> (params, opt_state, loss)."""
+def make_step(
+    backend: Any, objective: ContrastiveObjective, optimizer: optim.Optimizer, devices: int = 1
+) -> Callable[..., Any]:
+    """One compiled optimizer step: (params, opt_state, *batch) -> (params, opt_state, loss).
+
+    devices > 1 (JAX): the batch is split over that many local devices (`sharded_value_and_grad`).
+    """
+    value_and_grad, place = (backend.value_and_grad, None) if devices == 1 else sharded_value_and_grad(devices)
 
     def step(params: dict[str, Array], opt_state: dict[str, Array], *batch: Any) -> tuple[Any, Any, Array]:
-        value, grads = backend.value_and_grad(objective, params, *batch)
+        value, grads = value_and_grad(objective, params, *batch)
         if objective.group is not None:
             grads = average_over_ranks(grads, objective.group)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optim.apply_updates(params, updates), opt_state, value
 
-    return backend.compile(step)
+    compiled = backend.compile(step)
+    return compiled if place is None else lambda *arguments: place(compiled, arguments)
+
+
+def sharded_value_and_grad(devices: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(objective, params, x, ids, indices, uniforms) -> (loss, grads) with the batch split over `devices`
+    local JAX devices by `jax.shard_map` (mesh axis "batch"): params and the sampled-negative uniforms
+    are replicated, x, ids and indices split; the loss spans the devices (axis_name="batch").
+
+    The gradient of the replicated parameters is summed over the devices by shard_map's own transpose,
+    so it is the single-device gradient of the whole batch. Also returns `place`, which runs a compiled
+    step with its arguments on the mesh and its result on the first device.
+    """
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(
+            f"--devices {devices}: jax sees {len(available)} device(s) (on a CPU, see docs/distributed.md)"
+        )
+    mesh = Mesh(np.array(available[:devices]), ("batch",))
+    split, whole = PartitionSpec("batch"), PartitionSpec()
+
+    def value_and_grad(objective: ContrastiveObjective, params: Any, *batch: Any) -> tuple[Any, Any]:
+        sharded = dataclasses.replace(objective, options={**objective.options, "axis_name": "batch"})
+        mapped = jax.shard_map(
+            jax.value_and_grad(sharded),
+            mesh=mesh,
+            in_specs=(whole, split, split, split, whole),
+            out_specs=(whole, whole),
+        )
+        return mapped(params, *batch)
+
+    def place(step: Callable[..., Any], arguments: tuple) -> Any:
+        """step on the mesh: (params, opt_state, x, ids, indices, uniforms) placed, the result back on one device."""
+        specs = (whole, whole, split, split, split, whole)
+        placed = jax.device_put(arguments, tuple(NamedSharding(mesh, spec) for spec in specs))
+        return jax.device_put(step(*placed), available[0])
+
+    return value_and_grad, place
 
 
 def average_over_ranks(grads: dict[str, Array], group: Any) -> dict[str, Array]:
@@ -336,6 +382,12 @@ def _distribute(run: _Run, group: Any) -> tuple[int, int]:
 
     run.objective = dataclasses.replace(run.objective, group=group)
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _check_devices(config: TrainConfig, devices: int) -> int:
+    if devices > 1 and (config.backend != "jax" or config.batch_size % devices):
+        raise ValueError(f"--devices {devices} needs --backend jax and a --batch-size divisible by {devices}")
+    return devices
 
 
 def _barrier(group: Any) -> None:
@@ -519,6 +571,7 @@ def train(
     resume_from: str | Path | None = None,
     callback: Callable[[EpochReport], None] | None = None,
     group: Any = None,
+    devices: int = 1,
 ) -> TrainResult:
     """Train an encoder with a contrastive loss; write the checkpoint to `out` atomically after every epoch.
 
@@ -526,6 +579,7 @@ def train(
     continues after its last completed epoch and gives the same result as an uninterrupted run.
     group: a torch ProcessGroup: each rank trains on its share of every batch, with the single-process
     trajectory (docs/distributed.md); rank 0 writes the checkpoint and gets the callback.
+    devices: (--backend jax) split every batch over this many local devices, with the same trajectory.
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     config.validate()
@@ -536,7 +590,7 @@ def train(
         _resume(run, resume_from)
         out = resume_from if out is None else out
     optimizer = run.backend.optimizer(config.optimizer, run.params, lr=config.lr)
-    step = make_step(run.backend, run.objective, optimizer)
+    step = make_step(run.backend, run.objective, optimizer, _check_devices(config, devices))
     normalize = config.normalization()
     embed_fn = run.backend.compile(
         lambda params, x, indices: losses.normalize_embeddings(run.objective.encode(params, x, indices), normalize)

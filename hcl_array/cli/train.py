@@ -150,6 +150,13 @@ _RankTimeoutOption = Annotated[
     float,
     typer.Option(help="Seconds a process waits for the others before it gives up (several processes only)."),
 ]
+_DevicesOption = Annotated[
+    int,
+    typer.Option(
+        help="Local devices (--backend jax): each batch is split over a mesh of N devices by shard_map; on a CPU "
+        "N host devices are made (XLA_FLAGS). \\[default: 1]"
+    ),
+]
 _QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
@@ -190,18 +197,20 @@ def train_command(
     quiet: _QuietOption = False,
     nproc: _NprocOption = 1,
     rank_timeout: _RankTimeoutOption = 300.0,
+    devices: _DevicesOption = 1,
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start nproc copies of this command
         raise typer.Exit(_launch(nproc, backend))
     given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
+    _host_devices(devices)
     group = None
     try:
         config = _config(ctx, given, resume)
         target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             config, group = _join_processes(config, rank_timeout)
-        result = _run(config, target, resume, quiet or _rank() > 0, group)
+        result = _run(config, target, resume, quiet or _rank() > 0, group, devices)
     except USER_ERRORS as error:
         raise fail(str(error)) from None
     except RuntimeError as error:  # torch.distributed: a rank died or stopped answering
@@ -286,9 +295,18 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool, group: Any = None) -> TrainResult:
+def _host_devices(devices: int) -> None:
+    """Ask XLA for `devices` CPU devices (it reads the flag once, when jax starts; GPUs ignore it)."""
+    if devices > 1 and "jax" not in sys.modules:
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
+def _run(
+    config: TrainConfig, target: Path, resume: Path | None, quiet: bool, group: Any = None, devices: int = 1
+) -> TrainResult:
     if quiet:
-        return train(config, out=target, resume_from=resume, group=group)
+        return train(config, out=target, resume_from=resume, group=group, devices=devices)
     # Started at the first epoch's report, so that a setup error (bad data dir, backend) prints no bar.
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -307,7 +325,7 @@ def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool, gr
         progress.update(tasks[0], completed=report.epoch, description=_epoch_line(report.metrics))
 
     try:
-        return train(config, out=target, resume_from=resume, callback=show, group=group)
+        return train(config, out=target, resume_from=resume, callback=show, group=group, devices=devices)
     finally:
         progress.stop()
 
