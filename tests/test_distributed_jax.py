@@ -24,7 +24,7 @@ from tests.distributed_cases import CASES, global_batch
 
 DEVICES = 4
 #: the torch tests run every case; here each costs an XLA compilation, so the cases that reach every part of
-#: the JAX plumbing: views and rows, several row blocks (lax.scan), weights with a gradient, both other forms,
+#: the JAX plumbing: views and rows, several row blocks (lax.scan), weights with a gradient, the supcon form,
 #: anchor_mean, and sampled negatives from a seed (the debiased form and the paper preset run on torch)
 JAX_CASES = ["ntxent_tile1", "hucl_undetached", "hscl_anchor_mean", "supcon", "sampled_rng"]
 
