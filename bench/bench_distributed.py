@@ -7,7 +7,7 @@ Run from the repository root (about 2 minutes on 2 CPU cores):
 
 For each global batch N (hscl, beta = 5, d = 128, float32, torch CPU, 10 classes):
 
-- step ratio: the median forward + backward of `hscl(z_local, labels_local, group=WORLD)` on 2 gloo
+- step ratio (one thread per process, as each rank would have its own device): the median forward + backward of `hscl(z_local, labels_local, group=WORLD)` on 2 gloo
   processes (the slower rank, after a barrier), divided by the median forward + backward of `hscl(z, labels)`
   on the whole batch in one process (the default path, the fused kernel) measured in the same run;
 - bytes sent per rank and step, counted at the collectives (all_gather, all_reduce, reduce_scatter);
@@ -73,6 +73,8 @@ def _timed_steps(step: Any, reps: int, barrier: Any = None) -> tuple[float, int]
 def single_worker(n: int, reps: int, results: Any) -> None:
     import torch
 
+    torch.set_num_threads(1)  # one core per process, as each rank would have its own device
+
     import hcl_array as hcl
 
     z, labels = _batch(n)
@@ -91,6 +93,7 @@ def rank_worker(rank: int, n: int, reps: int, init: str, results: Any) -> None:
 
     import hcl_array as hcl
 
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     z, labels = _batch(n)
     rows = slice(rank * n // 2, (rank + 1) * n // 2)

@@ -229,7 +229,8 @@ def value_and_grad(
     u = normalize_embeddings(rows, config.normalize)
     batch, total = embeddings.shape[0], sum(sizes)
     uniforms = draw((rows.shape[0], config.k)) if config.negatives == "sampled" else xp.zeros_like(row_ids)
-    parts = [_segment(u, row_ids, uniforms, v * total + offset, batch, config, scan) for v in range(views)]
+    segments = range(views) if batch else ()  # a rank with no samples still takes part in every collective
+    parts = [_segment(u, row_ids, uniforms, v * total + offset, batch, config, scan) for v in segments]
     column_grad = sum(part[0] for part in parts[1:]) + parts[0][0] if batch else xp.zeros_like(u)
     loss_sum = sum(xp.sum(part[2]) for part in parts) if batch else xp.sum(u[:0, 0])
     divisor = sum(_divisor_share(part[3], config.reduction) for part in parts) if batch else loss_sum

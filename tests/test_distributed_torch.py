@@ -25,6 +25,8 @@ dist = pytest.importorskip("torch.distributed")
 
 #: local batch sizes per world size: uneven, and with 3 ranks a rank of one sample
 SIZES = {2: [3, 5], 3: [4, 1, 3]}
+#: splits with a rank that holds no samples (it still takes part in every collective)
+EMPTY_RANK = {2: [0, 8], 3: [5, 0, 3]}
 
 
 def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
@@ -60,6 +62,7 @@ def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     value, grad = hcl.hucl(_local(global_batch("views")[0], rank, sizes), beta=2.0, group=group, return_grad=True)
     out["return_grad"] = {"value": float(value), "grad": grad.numpy()}
     out["ddp"] = _ddp_case(rank, sizes, group)
+    out["empty_rank"] = _case("hucl", rank, EMPTY_RANK[len(sizes)], group)
     out["errors"] = _errors(rank, sizes, group)
     return out
 
@@ -198,6 +201,14 @@ def test_return_grad_is_the_exact_share_of_the_global_gradient(ranks: list[dict]
         np.testing.assert_allclose(
             out["return_grad"]["grad"], _rows_of(expected_grad, rank, SIZES[len(ranks)]), atol=1e-10
         )
+
+
+def test_a_rank_without_samples_takes_part(ranks: list[dict]) -> None:
+    expected_value, expected_grad = single_process(*CASES["hucl"])
+    for rank, out in enumerate(ranks):
+        assert out["empty_rank"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        expected_rows = _rows_of(expected_grad, rank, EMPTY_RANK[len(ranks)])
+        np.testing.assert_allclose(out["empty_rank"]["grad"] / len(ranks), expected_rows, atol=1e-10)
 
 
 def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
