@@ -7,9 +7,10 @@ Run from the repository root (about 2 minutes on 2 CPU cores):
 
 For each global batch N (hscl, beta = 5, d = 128, float32, torch CPU, 10 classes):
 
-- step ratio (one thread per process, as each rank would have its own device): the median forward + backward of `hscl(z_local, labels_local, group=WORLD)` on 2 gloo
+- step ratio: the median forward + backward of `hscl(z_local, labels_local, group=WORLD)` on 2 gloo
   processes (the slower rank, after a barrier), divided by the median forward + backward of `hscl(z, labels)`
-  on the whole batch in one process (the default path, the fused kernel) measured in the same run;
+  on the whole batch in one process (the default path, the fused kernel) measured in the same run; one
+  thread per process, as each rank would have its own device;
 - bytes sent per rank and step, counted at the collectives (all_gather, all_reduce, reduce_scatter);
 - peak memory per rank: the ru_maxrss high-water mark over the steps minus the resident size before them,
   next to one (B_local x N) float32 block and the (N x N) float32 matrix that no rank forms.
