@@ -10,7 +10,8 @@ For each global batch N (hscl, beta = 5, d = 128, float32, torch CPU, 10 classes
 - step ratio: the median forward + backward of `hscl(z_local, labels_local, group=WORLD)` on 2 gloo
   processes (the slower rank, after a barrier), divided by the median forward + backward of `hscl(z, labels)`
   on the whole batch in one process (the default path, the fused kernel) measured in the same run; one
-  thread per process, as each rank would have its own device;
+  thread per process, as each rank would have its own device; and divided by one process running the
+  same row-block code (kernel="array_api", integer tile) on the whole batch;
 - bytes sent per rank and step, counted at the collectives (all_gather, all_reduce, reduce_scatter);
 - peak memory per rank: the ru_maxrss high-water mark over the steps minus the resident size before them,
   next to one (B_local x N) float32 block and the (N x N) float32 matrix that no rank forms.
@@ -77,15 +78,17 @@ def single_worker(n: int, reps: int, results: Any) -> None:
     torch.set_num_threads(1)  # one core per process, as each rank would have its own device
 
     import hcl_array as hcl
+    from hcl_array.tiled import auto_tile
 
     z, labels = _batch(n)
     z, labels = torch.tensor(z), torch.tensor(labels)
 
-    def step() -> None:
+    def step(**options: Any) -> None:
         leaf = z.clone().requires_grad_(True)
-        hcl.hscl(leaf, labels, beta=BETA).backward()
+        hcl.hscl(leaf, labels, beta=BETA, **options).backward()
 
-    results.put(_timed_steps(step, reps))
+    blocks = {"kernel": "array_api", "tile": auto_tile(n)}  # the row-block code the distributed path runs
+    results.put((*_timed_steps(step, reps), _timed_steps(lambda: step(**blocks), reps)[0]))
 
 
 def rank_worker(rank: int, n: int, reps: int, init: str, results: Any) -> None:
@@ -119,7 +122,7 @@ def measure(n: int, reps: int) -> dict[str, float]:
     results = context.Queue()
     single = context.Process(target=single_worker, args=(n, reps, results))
     single.start()
-    one_seconds, one_peak = results.get()
+    one_seconds, one_peak, one_blocks_seconds = results.get()
     single.join()
     with tempfile.TemporaryDirectory() as folder:
         init = f"file://{folder}/rendezvous"
@@ -133,6 +136,7 @@ def measure(n: int, reps: int) -> dict[str, float]:
         "n": n,
         "one_seconds": one_seconds,
         "one_peak_mib": one_peak / 1024,
+        "one_blocks_seconds": one_blocks_seconds,
         "two_seconds": max(m[1] for m in measured),
         "two_peak_mib": max(m[2] for m in measured) / 1024,
         "bytes_sent": max(m[3] for m in measured),
@@ -141,16 +145,18 @@ def measure(n: int, reps: int) -> dict[str, float]:
 
 def table(records: list[dict[str, float]]) -> str:
     lines = [
-        "| N (global) | B_local | 1 process | 2 gloo processes | ratio | bytes sent per rank and step "
-        "| peak per rank | one (B_local x N) block | (N x N) matrix |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N (global) | B_local | 1 process (kernel) | 1 process (row blocks) | 2 gloo processes "
+        "| ratio to kernel | ratio to row blocks | bytes sent per rank and step | peak per rank "
+        "| one (B_local x N) block | (N x N) matrix |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         n = int(r["n"])
         block, full = (n // 2) * n * 4 / 2**20, n * n * 4 / 2**20
         lines.append(
-            f"| {n} | {n // 2} | {r['one_seconds'] * 1e3:.1f} ms | {r['two_seconds'] * 1e3:.1f} ms "
-            f"| {r['two_seconds'] / r['one_seconds']:.2f}x | {r['bytes_sent'] / 2**20:.2f} MiB "
+            f"| {n} | {n // 2} | {r['one_seconds'] * 1e3:.1f} ms | {r['one_blocks_seconds'] * 1e3:.1f} ms "
+            f"| {r['two_seconds'] * 1e3:.1f} ms | {r['two_seconds'] / r['one_seconds']:.2f}x "
+            f"| {r['two_seconds'] / r['one_blocks_seconds']:.2f}x | {r['bytes_sent'] / 2**20:.2f} MiB "
             f"| {r['two_peak_mib']:.0f} MiB | {block:.0f} MiB | {full:.0f} MiB |"
         )
     return "\n".join(lines)

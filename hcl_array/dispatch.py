@@ -125,7 +125,7 @@ def compute(
 
     Returns the value, or (value, dL/dembeddings) in the embeddings' layout and dtype with return_grad.
     """
-    if choose_path(config, "", -1, group=group) == "distributed":
+    if group is not None or config.axis_name is not None:  # the "distributed" path of choose_path
         return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
     xp, z, ids = check_inputs(embeddings, ids)
     if return_grad and config.reduction == "none":
