@@ -88,7 +88,8 @@ def unsupported(config: LossConfig) -> str | None:
 def check_agreement(shapes: list[list[int]]) -> None:
     """ValueError, raised on every rank alike, when a rank rejected its batch or ranks disagree.
 
-    Each entry is [samples, views (0 for (N, d) rows), d, dtype code, has ids, batch accepted] of one rank.
+    Each entry is [samples, views (0 for (N, d) rows), d, dtype code, has ids, batch accepted, needs the
+    gradient] of one rank.
     """
     rejected = [rank for rank, shape in enumerate(shapes) if not shape[5]]
     if rejected:
@@ -179,11 +180,13 @@ def _divisor_share(pair_counts: Array, reduction: str) -> Array:
     return xp.sum(pair_counts if reduction == "mean" else xp.astype(pair_counts > 0, pair_counts.dtype))
 
 
-def _gather_batch(embeddings: Array, ids: Array | None, config: LossConfig, comm: Collectives) -> tuple:
-    """The global batch as one process would see it: (rows, ids, this rank's first sample, sizes, views).
+def _gather_batch(embeddings: Array, ids: Array | None, config: LossConfig, comm: Collectives, grad: bool) -> tuple:
+    """The global batch as one process would see it: (rows, ids, this rank's first sample, sizes, views,
+    whether any rank needs the gradient).
 
     The shapes go first, with whether this rank accepts its batch: a bad batch on one rank then
-    raises on every rank instead of leaving the others waiting in a collective.
+    raises on every rank instead of leaving the others waiting in a collective. Likewise every rank
+    joins the gradient's reduce-scatter when any rank needs it.
     """
     xp = aa.namespace(embeddings)
     problem = _local_problem(embeddings, ids, config)
@@ -191,7 +194,8 @@ def _gather_batch(embeddings: Array, ids: Array | None, config: LossConfig, comm
     name = str(embeddings.dtype).rsplit(".", 1)[-1]
     dtype_code = _DTYPE_CODES.index(name) if name in _DTYPE_CODES else 0
     dim = embeddings.shape[-1] if embeddings.ndim else 0
-    shapes = comm.gather_shapes([embeddings.shape[0], views, dim, dtype_code, int(ids is not None), int(not problem)])
+    accepted = int(problem is None)
+    shapes = comm.gather_shapes([embeddings.shape[0], views, dim, dtype_code, int(ids is not None), accepted, grad])
     if problem is not None:
         raise problem
     check_agreement(shapes)
@@ -203,7 +207,7 @@ def _gather_batch(embeddings: Array, ids: Array | None, config: LossConfig, comm
     if views:
         samples = xp.reshape(samples, (sum(sizes), views, dim))
     _, rows, row_ids = check_inputs(samples, global_ids)
-    return rows, row_ids, comm.offset(sizes), sizes, max(views, 1)
+    return rows, row_ids, comm.offset(sizes), sizes, max(views, 1), any(shape[6] for shape in shapes)
 
 
 def value_and_grad(
@@ -221,10 +225,10 @@ def value_and_grad(
         L = (sum_r S_r) / max(sum_r D_r, 1)
 
     embeddings: this rank's (N_r, d) rows (with ids) or (B_r, V, d) views; draw(shape): the global
-    U(0, 1) draws of sampled negatives. The gradient is None without need_grad (no reduce-scatter).
+    U(0, 1) draws of sampled negatives. The gradient is None when no rank needs it (no reduce-scatter).
     """
     xp = aa.namespace(embeddings)
-    rows, row_ids, offset, sizes, views = _gather_batch(embeddings, ids, config, comm)
+    rows, row_ids, offset, sizes, views, need_grad = _gather_batch(embeddings, ids, config, comm, int(need_grad))
     rows = xp.astype(rows, aa.accumulation_dtype(xp, rows.dtype), copy=False)
     u = normalize_embeddings(rows, config.normalize)
     batch, total = embeddings.shape[0], sum(sizes)

@@ -57,12 +57,22 @@ def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     return {"weight_grad": model.weight.grad.numpy() / len(sizes)}
 
 
+def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """Rank 0 only evaluates (no gradient, no backward), the others train: nobody waits."""
+    local = _local(global_batch("views")[0], rank, sizes).requires_grad_(rank > 0)
+    value = hcl.hucl(local, beta=2.0, group=group)
+    if rank:
+        value.backward()
+    return {"value": value.item(), "grad": None if rank == 0 else local.grad.numpy()}
+
+
 def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     out = {name: _case(name, rank, sizes, group) for name in CASES}
     value, grad = hcl.hucl(_local(global_batch("views")[0], rank, sizes), beta=2.0, group=group, return_grad=True)
     out["return_grad"] = {"value": float(value), "grad": grad.numpy()}
     out["ddp"] = _ddp_case(rank, sizes, group)
     out["empty_rank"] = _case("hucl", rank, EMPTY_RANK[len(sizes)], group)
+    out["rank0_without_grad"] = _rank0_without_grad(rank, sizes, group)
     out["errors"] = _errors(rank, sizes, group)
     return out
 
@@ -209,6 +219,15 @@ def test_a_rank_without_samples_takes_part(ranks: list[dict]) -> None:
         assert out["empty_rank"]["value"] == pytest.approx(expected_value, rel=1e-10)
         expected_rows = _rows_of(expected_grad, rank, EMPTY_RANK[len(ranks)])
         np.testing.assert_allclose(out["empty_rank"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+
+
+def test_a_rank_may_evaluate_while_the_others_train(ranks: list[dict]) -> None:
+    expected_value, expected_grad = single_process("hucl", {"beta": 2.0}, "views")
+    for rank, out in enumerate(ranks):
+        assert out["rank0_without_grad"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        if rank:
+            expected_rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
+            np.testing.assert_allclose(out["rank0_without_grad"]["grad"] / len(ranks), expected_rows, atol=1e-10)
 
 
 def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: list[dict]) -> None:

@@ -4,11 +4,13 @@
 collectives of a ProcessGroup (gloo on the CPU, NCCL on CUDA) and an autograd Function. The gradient
 is computed in the forward pass (one reduce-scatter), and the backward pass scales it:
 
-    dL_r/dz_local for every rank r's copy of the loss  ->  (sum_r cotangent_r) dL/dz_local
+    sum over ranks r of cotangent_r dL_r/dz_local = world_size cotangent dL/dz_local
 
 Each rank's loss is the same global value, and depends on every rank's rows, so autograd through it
-gives each rank world_size times its share of the global gradient when every rank calls backward();
-DDP then averages the parameter gradients over the ranks, which is the single-process gradient.
+gives each rank world_size times its share of the global gradient; DDP then averages the parameter
+gradients over the ranks, which is the single-process gradient. The backward pass assumes that every
+rank backpropagates the same cotangent (loss.backward(), or one loss scale), as DDP training does, and
+so needs no collective: a rank that skips backward() leaves no other rank waiting.
 """
 
 from __future__ import annotations
@@ -90,8 +92,7 @@ class DistributedLoss(torch.autograd.Function):
     def backward(ctx: Any, cotangent: torch.Tensor) -> tuple:
         (grad,) = ctx.saved_tensors
         # every rank's copy of the loss depends on this rank's rows
-        total = ctx.comm.all_sum(torch.reshape(cotangent, (1,)))[0]
-        return grad * total, None, None, None, None
+        return grad * (cotangent * ctx.comm.size), None, None, None, None
 
 
 def distributed_loss(
