@@ -46,15 +46,14 @@ def _case(name: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
 
 
 def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
-    """A linear encoder whose views are a non-contiguous (B, V, d) tensor (the all_gather trap), and the
-    parameter gradient averaged over the ranks as DistributedDataParallel averages it."""
+    """DistributedDataParallel on a linear encoder whose views are a non-contiguous (B, V, d) tensor (the
+    all_gather trap): after loss.backward() every rank holds DDP's averaged parameter gradient."""
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, DIM, bias=False).double()
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, DIM, bias=False).double(), process_group=group)
     inputs = np.random.default_rng(5).normal(size=(len(LABELS), VIEWS, 4))
     views = model(_local(inputs, rank, sizes).transpose(0, 1)).transpose(0, 1)  # (B, V, d), not contiguous
     hcl.hucl(views, beta=2.0, group=group).backward()
-    dist.all_reduce(model.weight.grad, group=group)
-    return {"weight_grad": model.weight.grad.numpy() / len(sizes)}
+    return {"weight_grad": model.module.weight.grad.numpy()}
 
 
 def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
