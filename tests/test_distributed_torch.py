@@ -2,8 +2,9 @@
 
 Three processes start once for the whole module: each computes every case of CASES over the world
 group (3 ranks) and over a subgroup of ranks 0 and 1 (2 ranks) and returns its numbers; the tests
-compare them with the single-process loss at 1e-10 in float64. Local batches are uneven, and some
-ranks hold anchors whose positives are all elsewhere.
+compare them with the single-process loss at 1e-10 in float64. Local batches are uneven, some ranks
+hold anchors whose positives are all elsewhere, one split has an empty rank; DistributedDataParallel,
+wrong use on every rank, and a 2-rank `train()` against one process complete the module.
 """
 
 from __future__ import annotations
