@@ -59,6 +59,7 @@ class LossConfig:
     tile: int | str | None = "auto"
     kernel: str = "auto"
     check_finite: bool = True
+    axis_name: Any = None  # the JAX mesh axis the batch is split over (hcl_array.distributed)
 
     @property
     def slope(self) -> float:
@@ -103,6 +104,11 @@ def _check_k(k: Any, negatives: str) -> int | None:
     return None if k is None else int(k)
 
 
+def _check_axis_name(axis_name: Any) -> None:
+    if axis_name is not None and not isinstance(axis_name, str | tuple):
+        raise TypeError(f"axis_name must be a mesh axis name (a string, or a tuple of them), got {axis_name!r}")
+
+
 def loss_config(hardening: Hardening | Callable[[Array], Array] | None = None, **options: Any) -> LossConfig:
     """A validated `LossConfig`: every error names the option and what it accepts."""
     unknown = set(options) - OPTION_NAMES
@@ -120,6 +126,7 @@ def loss_config(hardening: Hardening | Callable[[Array], Array] | None = None, *
     options["tau_plus"] = float(tau_plus)
     options["k"] = _check_k(options.get("k"), options.get("negatives", "expected"))
     options["tile"] = _check_tile(options.get("tile", "auto"))
+    _check_axis_name(options.get("axis_name"))
     return LossConfig(hardening=as_hardening(hardening), **options)
 
 

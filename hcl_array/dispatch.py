@@ -8,6 +8,11 @@ Three paths compute the same numbers (tests hold each to the others at 1e-10 in 
     dense    the array-API formulas on the whole (N, N) matrix (`dense.py`): every configuration,
              every namespace, and double backward / forward mode through autodiff
 
+and a fourth spans processes: "distributed" (`distributed.py`), chosen by `group=` (torch) or
+`axis_name=` (JAX); its entries take this rank's own arrays, in their layout, and the collectives:
+
+    implementation(embeddings, ids, config, *, group, draw, return_grad) -> value | (value, dL/dembeddings)
+
 The table maps (path, array family) to an implementation with the signature
 
     implementation(z, ids, config, *, uniforms=None, return_grad=False) -> value | (value, dL/dz)
@@ -26,7 +31,7 @@ from typing import Any
 from array_api_compat import is_cupy_array, is_jax_array, is_numpy_array, is_torch_array
 
 from . import _array_api as aa
-from . import dense, fused, tiled
+from . import dense, distributed, fused, tiled
 from .config import LossConfig, check_inputs, reject_non_finite, restore_views
 from .formulas import uniform_draws
 
@@ -79,14 +84,18 @@ def _fused_refusal(config: LossConfig, family: str, n: int) -> str | None:
     return "the batch is empty" if n == 0 else fused.supports(config)
 
 
-def choose_path(config: LossConfig, family: str, n: int) -> str:
-    """The path for a call on n rows of `family`: "fused", "tiled" or "dense".
+def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -> str:
+    """The path for a call on n rows of `family`: "distributed", "fused", "tiled" or "dense".
+
+    group= (a torch ProcessGroup) or axis_name= (a JAX mesh axis): distributed, whatever the rest.
 
     kernel="auto": fused when the kernel serves the call (it then blocks by `tile`); otherwise tiled
     when tile is an integer, or "auto" with n > tiled.AUTO_THRESHOLD and a configuration the tiled path
     computes; otherwise dense. kernel="fused" raises instead of falling back; kernel="array_api"
     never takes the kernel. An integer tile the tiled path cannot honour raises ValueError.
     """
+    if group is not None or config.axis_name is not None:
+        return "distributed"
     refusal = None if config.kernel == "array_api" else _fused_refusal(config, family, n)
     if config.kernel != "array_api" and refusal is None:
         return "fused"
@@ -110,11 +119,14 @@ def compute(
     rng: Any = None,
     uniforms: Array | None = None,
     return_grad: bool = False,
+    group: Any = None,
 ) -> Any:
     """The loss of `config` on (N, d) rows with ids or (B, V, d) views, through the chosen path.
 
     Returns the value, or (value, dL/dembeddings) in the embeddings' layout and dtype with return_grad.
     """
+    if group is not None or config.axis_name is not None:  # the "distributed" path of choose_path
+        return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
     xp, z, ids = check_inputs(embeddings, ids)
     if return_grad and config.reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
@@ -132,3 +144,31 @@ def compute(
     if path == "fused" and config.check_finite and not bool(xp.isfinite(value)):
         reject_non_finite(z, xp)
     return restore_views(embeddings, *result, xp) if return_grad else result
+
+
+def _compute_distributed(
+    embeddings: Array, ids: Array | None, config: LossConfig, rng: Any, uniforms: Any, return_grad: bool, group: Any
+) -> Any:
+    """The distributed entry for the embeddings' family, after the checks every rank makes alike.
+
+    Checks that could fail on one rank only (the batch itself) run inside the entry, after every rank
+    has said whether it accepts its batch, so that no rank is left waiting in a collective.
+    """
+    option, family = ("group", "torch") if group is not None else ("axis_name", "jax")
+    if group is not None and config.axis_name is not None:
+        raise ValueError("pass group= (torch.distributed) or axis_name= (a JAX mesh axis), not both")
+    given = array_family(embeddings) if aa.is_array(embeddings) else type(embeddings).__name__
+    if given != family:
+        raise TypeError(f"{option}= needs {family} arrays, got {given} embeddings (torch: group=, JAX: axis_name=)")
+    reason = distributed.unsupported(config)
+    if reason is not None:
+        raise ValueError(f"{option}= cannot compute this configuration: {reason}")
+    if config.negatives == "sampled" and rng is None and uniforms is None:
+        raise ValueError("negatives='sampled' needs a random source: the same rng=<seed> or uniforms= on every rank")
+
+    def draw(shape: tuple[int, int]) -> Array:
+        xp = aa.namespace(embeddings)
+        return uniform_draws(rng, uniforms, shape, xp, embeddings)
+
+    entry = implementation("distributed", family)
+    return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)

@@ -81,15 +81,18 @@ def counts_from_uniforms(weights: Array, support: Array, uniforms: Array) -> Arr
     """
     xp = aa.namespace(weights, uniforms)
     n, k = uniforms.shape
+    columns = weights.shape[1]  # N, or the global batch for a block of anchors (hcl_array.distributed)
     dtype = uniforms.dtype
-    q = xp.where(support, xp.astype(weights, dtype), xp.zeros((n, n), dtype=dtype, device=aa.device(weights)))
+    q = xp.where(support, xp.astype(weights, dtype), xp.zeros((n, columns), dtype=dtype, device=aa.device(weights)))
     cdf = xp.cumulative_sum(q, axis=1)
     total = cdf[:, -1:]
     cdf = cdf / xp.where(total > 0, total, xp.ones_like(total))
     offsets = 2.0 * xp.astype(xp.arange(n, device=aa.device(uniforms)), dtype)[:, None]
     draws = xp.reshape(xp.sort(uniforms, axis=1) + offsets, (-1,))
     below = xp.searchsorted(draws, xp.reshape(cdf + offsets, (-1,)), side="left")
-    below = xp.reshape(below, (n, n)) - xp.astype(xp.arange(n, device=aa.device(uniforms)), below.dtype)[:, None] * k
+    below = (
+        xp.reshape(below, (n, columns)) - xp.astype(xp.arange(n, device=aa.device(uniforms)), below.dtype)[:, None] * k
+    )
     previous = xp.concat([xp.zeros_like(below[:, :1]), below[:, :-1]], axis=1)
     return xp.where(total > 0, below - previous, xp.zeros_like(below))
 

@@ -70,6 +70,7 @@ def contrastive_loss(
     rng: int | np.random.Generator | None = None,
     uniforms: Array | None = None,
     return_grad: bool = False,
+    group: Any = None,
     **options: Any,
 ) -> Array | tuple[Array, Array]:
     """The general hard-negative contrastive loss that every named loss is one call of.
@@ -82,10 +83,10 @@ def contrastive_loss(
         embeddings: (N, d) rows, or (B, V, d) views flattened view-major (row v*B + b is view v of b).
         ids: (N,) integer labels or instance ids ((B,) with views; None with views means instance ids).
         hardening: eta, a `hcl_array.hardening` object or a callable eta(s) (None: eta = 1).
-        rng: random source for sampled negatives: a seed or a NumPy Generator (the same draws on
-            every backend).
+        rng: random source for sampled negatives: a seed or a NumPy Generator (the same draws on every backend).
         uniforms: instead of rng, an (N, k) array of U(0, 1) numbers (use this under jax.jit).
         return_grad: also return dL/dembeddings from the analytic VJP (for NumPy and CuPy training).
+        group: a torch.distributed ProcessGroup (or axis_name=, a JAX mesh axis): the global loss (distributed.md).
         **options: the fields of `LossConfig`, validated once:
 
             candidates: negatives N(i): "other-ids" (rows whose id differs, default) or "all" (every
@@ -119,7 +120,7 @@ def contrastive_loss(
     if not USE_FUSED_KERNEL and options.get("kernel", "auto") == "auto":
         options["kernel"] = "array_api"
     config = loss_config(hardening, **options)
-    return dispatch.compute(embeddings, ids, config, rng=rng, uniforms=uniforms, return_grad=return_grad)
+    return dispatch.compute(embeddings, ids, config, rng=rng, uniforms=uniforms, return_grad=return_grad, group=group)
 
 
 def scl(

@@ -219,6 +219,7 @@ class ContrastiveObjective:
     options: dict[str, Any]
     views: int = 1
     module_forward: Callable[..., Array] | None = None  # a torch module's functional forward (resnets)
+    group: Any = None  # a torch.distributed ProcessGroup: the loss spans its ranks' shares of the batch
 
     def embed(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
         """z: (B, d) for one view, (B, V, d) for V views (rows of x flattened sample-major first)."""
@@ -234,7 +235,9 @@ class ContrastiveObjective:
         self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
     ) -> Array:
         """The mean loss of the batch."""
-        return LOSSES[self.loss](self.embed(params, x, indices), ids, uniforms=uniforms, **self.options)
+        return LOSSES[self.loss](
+            self.embed(params, x, indices), ids, uniforms=uniforms, group=self.group, **self.options
+        )
 
     def value_and_grad(
         self, params: dict[str, Array], x: Array | None, ids: Array | None, indices: Array, uniforms: Array | None
@@ -243,7 +246,7 @@ class ContrastiveObjective:
         if self.module_forward is not None:
             raise NotImplementedError("ResNet encoders have no analytic gradient: train them with --backend torch")
         z = self.embed(params, x, indices)
-        value, grad_z = LOSSES[self.loss](z, ids, uniforms=uniforms, return_grad=True, **self.options)
+        value, grad_z = LOSSES[self.loss](z, ids, uniforms=uniforms, return_grad=True, group=self.group, **self.options)
         xp = _namespace_of(params)
         if self.views == 1:
             return value, encoders.backward(self.encoder, params, x, indices, grad_z)
@@ -269,15 +272,131 @@ def _repeat(indices: Array, times: int) -> Array:
     return xp.reshape(xp.stack([indices] * times, axis=1), (-1,))
 
 
-def make_step(backend: Any, objective: ContrastiveObjective, optimizer: optim.Optimizer) -> Callable[..., Any]:
-    """One compiled optimizer step: (params, opt_state, *batch) -> (params, opt_state, loss)."""
+def make_step(
+    backend: Any, objective: ContrastiveObjective, optimizer: optim.Optimizer, devices: int = 1
+) -> Callable[..., Any]:
+    """One compiled optimizer step: (params, opt_state, *batch) -> (params, opt_state, loss).
+
+    devices > 1 (JAX): the batch is split over that many local devices (`sharded_value_and_grad`).
+    """
+    value_and_grad, place = (backend.value_and_grad, None) if devices == 1 else sharded_value_and_grad(devices)
 
     def step(params: dict[str, Array], opt_state: dict[str, Array], *batch: Any) -> tuple[Any, Any, Array]:
-        value, grads = backend.value_and_grad(objective, params, *batch)
+        value, grads = value_and_grad(objective, params, *batch)
+        if objective.group is not None:
+            grads = average_over_ranks(grads, objective.group)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optim.apply_updates(params, updates), opt_state, value
 
-    return backend.compile(step)
+    compiled = backend.compile(step)
+    return compiled if place is None else lambda *arguments: place(compiled, arguments)
+
+
+def sharded_value_and_grad(devices: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(objective, params, x, ids, indices, uniforms) -> (loss, grads) with the batch split over `devices`
+    local JAX devices by `jax.shard_map` (mesh axis "batch"): params and the sampled-negative uniforms
+    are replicated, x, ids and indices split; the loss spans the devices (axis_name="batch").
+
+    The gradient of the replicated parameters is summed over the devices by shard_map's own transpose,
+    so it is the single-device gradient of the whole batch. Also returns `place`, which runs a compiled
+    step with its arguments on the mesh and its result on the first device.
+    """
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(
+            f"--devices {devices}: jax sees {len(available)} device(s) (on a CPU, see docs/distributed.md)"
+        )
+    mesh = Mesh(np.array(available[:devices]), ("batch",))
+    split, whole = PartitionSpec("batch"), PartitionSpec()
+
+    def value_and_grad(objective: ContrastiveObjective, params: Any, *batch: Any) -> tuple[Any, Any]:
+        sharded = dataclasses.replace(objective, options={**objective.options, "axis_name": "batch"})
+        mapped = jax.shard_map(
+            jax.value_and_grad(sharded),
+            mesh=mesh,
+            in_specs=(whole, split, split, split, whole),
+            out_specs=(whole, whole),
+        )
+        return mapped(params, *batch)
+
+    def place(step: Callable[..., Any], arguments: tuple) -> Any:
+        """step on the mesh: (params, opt_state, x, ids, indices, uniforms) placed, the result back on one device."""
+        specs = (whole, whole, split, split, split, whole)
+        placed = jax.device_put(arguments, tuple(NamedSharding(mesh, spec) for spec in specs))
+        return jax.device_put(step(*placed), available[0])
+
+    return value_and_grad, place
+
+
+def average_over_ranks(grads: dict[str, Array], group: Any) -> dict[str, Array]:
+    """(1/R) sum_r grads_r over the ranks of a torch ProcessGroup: what DistributedDataParallel does.
+
+    Autograd through the distributed loss gives each rank R times its share of the global gradient
+    (every rank's copy of the loss depends on its rows), so the average is the single-process gradient.
+    """
+    import torch
+    import torch.distributed as dist
+
+    size = dist.get_world_size(group)
+    flat = torch.cat([g.reshape(-1) for g in grads.values()])
+    dist.all_reduce(flat, group=group)  # one collective for every parameter, as DDP's buckets
+    averaged, start = {}, 0
+    for name, grad in grads.items():
+        averaged[name] = flat[start : start + grad.numel()].reshape(grad.shape) / size
+        start += grad.numel()
+    return averaged
+
+
+def local_share(arguments: tuple[Any, ...], rank: int, size: int) -> tuple[Any, ...]:
+    """This rank's rows of a global batch's (x, ids, indices, uniforms): contiguous, ranks in order.
+
+    The uniforms stay global: the distributed loss takes its anchors' rows (the same draws as one process).
+    """
+    x, ids, indices, uniforms = arguments
+    bounds = np.linspace(0, indices.shape[0], size + 1).astype(int)
+    rows = slice(int(bounds[rank]), int(bounds[rank + 1]))
+    return (None if x is None else x[rows], None if ids is None else ids[rows], indices[rows], uniforms)
+
+
+def init_distributed(device: str | None, timeout: float) -> Any:
+    """Join the process group torchrun describes (env RANK, WORLD_SIZE, MASTER_ADDR, ...): NCCL on CUDA,
+    gloo on the CPU. A rank that stops answering makes the others' next collective fail after `timeout` s."""
+    import datetime
+
+    import torch.distributed as dist
+
+    backend = "nccl" if device is not None and device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return dist.group.WORLD
+
+
+def _distribute(run: _Run, group: Any) -> tuple[int, int]:
+    """Let the run's loss span the ranks of `group`; (rank, size), or (0, 1) for one process."""
+    if group is None:
+        return 0, 1
+    if run.config.backend != "torch":
+        raise ValueError(f"several processes need --backend torch (got {run.config.backend!r}); JAX: see the docs")
+    import torch.distributed as dist
+
+    run.objective = dataclasses.replace(run.objective, group=group)
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _check_devices(config: TrainConfig, devices: int) -> int:
+    if devices > 1 and (config.backend != "jax" or config.batch_size % devices):
+        raise ValueError(f"--devices {devices} needs --backend jax and a --batch-size divisible by {devices}")
+    return devices
+
+
+def _barrier(group: Any) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -453,21 +572,27 @@ def train(
     out: str | Path | None = None,
     resume_from: str | Path | None = None,
     callback: Callable[[EpochReport], None] | None = None,
+    group: Any = None,
+    devices: int = 1,
 ) -> TrainResult:
     """Train an encoder with a contrastive loss; write the checkpoint to `out` atomically after every epoch.
 
     resume_from: a checkpoint of the same configuration (only `epochs` and `device` may change); training
     continues after its last completed epoch and gives the same result as an uninterrupted run.
+    group: a torch ProcessGroup: each rank trains on its share of every batch, with the single-process
+    trajectory (docs/distributed.md); rank 0 writes the checkpoint and gets the callback.
+    devices: (--backend jax) split every batch over this many local devices, with the same trajectory.
     Raises ValueError / FileNotFoundError / BackendUnavailable / CheckpointError with one-line messages.
     """
     config.validate()
     started = time.perf_counter()
     run = _setup(config)
+    rank, size = _distribute(run, group)
     if resume_from is not None:
         _resume(run, resume_from)
         out = resume_from if out is None else out
     optimizer = run.backend.optimizer(config.optimizer, run.params, lr=config.lr)
-    step = make_step(run.backend, run.objective, optimizer)
+    step = make_step(run.backend, run.objective, optimizer, _check_devices(config, devices))
     normalize = config.normalization()
     embed_fn = run.backend.compile(
         lambda params, x, indices: losses.normalize_embeddings(run.objective.encode(params, x, indices), normalize)
@@ -480,7 +605,7 @@ def train(
         batch_losses = []
         epoch_batches = datasets.batches(num_train, config.batch_size, seed=config.seed, epoch=epoch)
         for batch_number, indices in enumerate(epoch_batches):
-            arguments = _batch_arguments(run, indices, epoch, batch_number)
+            arguments = local_share(_batch_arguments(run, indices, epoch, batch_number), rank, size)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
             batch_losses.append(float(run.backend.to_numpy(value)))
         train_embeddings, test_embeddings, scalars, spectrum = _evaluate(run, embed_fn)
@@ -489,11 +614,12 @@ def train(
             run.history.setdefault(key, []).append(value)
         run.class_means.append(_class_means(train_embeddings, run.dataset.y_train, run.dataset.num_classes))
         checkpoint = _checkpoint(run, epoch + 1, train_embeddings, test_embeddings)
-        if path is not None:
+        if path is not None and rank == 0:
             save_checkpoint(path, checkpoint)
-        if callback is not None:
+        if callback is not None and rank == 0:
             seconds = time.perf_counter() - epoch_started
             callback(EpochReport(epoch + 1, config.epochs, scalars, seconds, path, spectrum))
+    _barrier(group)  # every rank returns once rank 0 has written the last checkpoint
     if checkpoint is None:  # resumed at or past the last epoch: nothing left to train
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}

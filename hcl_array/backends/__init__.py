@@ -73,11 +73,11 @@ def available_backends() -> dict[str, str | None]:
 
 
 def _load_torch_kernels() -> None:
-    from . import _torch_autograd, _torch_fused  # noqa: F401  (each registers its entries on import)
+    from . import _torch_autograd, _torch_distributed, _torch_fused  # noqa: F401  (each registers its entries on import)
 
 
 def _load_jax_kernels() -> None:
-    from . import _jax_vjp  # noqa: F401
+    from . import _jax_distributed, _jax_vjp  # noqa: F401
 
 
 def _load_cupy_kernels() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -17,7 +19,7 @@ from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DATASET_NAMES
 from ..tensorboard_writer import TensorBoardWriter, TrainingLogger
-from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, train
+from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, init_distributed, train
 
 #: Errors a user can fix: shown as one line, never as a traceback.
 USER_ERRORS = (
@@ -139,6 +141,24 @@ _ResumeOption = Annotated[
         "taken from it). \\[default: none: a new run]"
     ),
 ]
+_NprocOption = Annotated[
+    int,
+    typer.Option(
+        help="Processes (--backend torch): relaunches through torch.distributed.run (as torchrun --nproc-per-node "
+        "N); each trains on its share of every batch, gloo on the CPU, NCCL on CUDA. \\[default: 1]"
+    ),
+]
+_RankTimeoutOption = Annotated[
+    float,
+    typer.Option(help="Seconds a process waits for the others before it gives up (several processes only)."),
+]
+_DevicesOption = Annotated[
+    int,
+    typer.Option(
+        help="Local devices (--backend jax): each batch is split over a mesh of N devices by shard_map; on a CPU "
+        "N host devices are made (XLA_FLAGS). \\[default: 1]"
+    ),
+]
 _QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bar or summary: print only the checkpoint path. \\[default: off]"),
@@ -186,19 +206,49 @@ def train_command(
     resume: _ResumeOption = None,
     quiet: _QuietOption = False,
     tensorboard: _TensorboardOption = None,
+    nproc: _NprocOption = 1,
+    rank_timeout: _RankTimeoutOption = 300.0,
+    devices: _DevicesOption = 1,
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
-    given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
-    try:
-        config = _config(ctx, given, resume)
-        target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
-        result = _run(config, target, resume, quiet, tensorboard)
-    except USER_ERRORS as error:
-        raise fail(str(error)) from None
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start nproc copies of this command
+        raise typer.Exit(_launch(nproc, backend))
+    _host_devices(devices)
+    config, result = _train_here(ctx, resume, out, quiet, tensorboard, devices, rank_timeout)
+    if _rank() > 0:
+        return
     if quiet:
         typer.echo(str(result.path))
     else:
         _summary(result, config)
+
+
+def _train_here(
+    ctx: typer.Context,
+    resume: Path | None,
+    out: Path | None,
+    quiet: bool,
+    tensorboard: Path | None,
+    devices: int,
+    rank_timeout: float,
+) -> tuple[TrainConfig, TrainResult]:
+    """This process's part of the run (all of it, or one rank's under torchrun); errors become one line."""
+    given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
+    group = target = None
+    try:
+        config = _config(ctx, given, resume)
+        target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            config, group = _join_processes(config, rank_timeout)
+        launch = {"group": group, "devices": devices}
+        tensorboard = None if _rank() > 0 else tensorboard
+        return config, _run(config, target, resume, quiet or _rank() > 0, tensorboard, launch)
+    except USER_ERRORS as error:
+        raise fail(str(error)) from None
+    except RuntimeError as error:  # torch.distributed: a rank died or stopped answering
+        if group is None:
+            raise
+        raise _lost_rank(error, rank_timeout, target) from None
 
 
 def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> TrainConfig:
@@ -225,20 +275,82 @@ def _source(ctx: typer.Context, name: str) -> str:
     return getattr(source, "name", "DEFAULT")
 
 
-def _run(config: TrainConfig, target: Path, resume: Path | None, quiet: bool, tensorboard: Path | None) -> TrainResult:
+def _launch(nproc: int, backend: str) -> int:
+    """Run this command line in nproc processes under torch.distributed.run (torchrun); 0 when all succeed."""
+    if backend != "torch":
+        raise fail(f"--nproc {nproc} needs --backend torch (JAX spreads a batch over devices instead, see the docs)")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    launcher = ["--standalone", f"--nproc-per-node={nproc}", "-m", "hcl_array.cli.app"]
+    try:
+        run(get_args_parser().parse_args([*launcher, *_without_nproc(sys.argv[1:])]))
+    except ChildFailedError as error:
+        first = min(error.failures.values(), key=lambda failure: failure.timestamp)
+        raise fail(
+            f"process {first.local_rank} of {nproc} failed (exit code {first.exitcode}) and the launcher stopped "
+            "the others; the checkpoint of the last completed epoch is intact: continue with --resume"
+        ) from None
+    return 0
+
+
+def _without_nproc(arguments: list[str]) -> list[str]:
+    """The command line without --nproc N: the launcher would take it for its own --nproc-per-node."""
+    kept: list[str] = []
+    for previous, argument in zip(["", *arguments], arguments, strict=False):
+        if previous != "--nproc" and argument != "--nproc" and not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
+
+
+def _join_processes(config: TrainConfig, timeout: float) -> tuple[TrainConfig, Any]:
+    """Join the process group torchrun set up; with CUDA, each process takes the GPU of its local rank."""
+    if config.device is not None and config.device.startswith("cuda"):
+        config = dataclasses.replace(config, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return config, init_distributed(config.device, timeout)
+
+
+def _lost_rank(error: RuntimeError, timeout: float, target: Path) -> typer.Exit:
+    """The one-line message of a process whose peers died or stopped answering."""
+    first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+    message = f"process {_rank()} stopped: another process died or did not answer within {timeout:g} s"
+    return fail(f"{message} ({first_line}); the last checkpoint {target} is intact: continue with --resume")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _host_devices(devices: int) -> None:
+    """Ask XLA for `devices` CPU devices (it reads the flag once, when jax starts; GPUs ignore it)."""
+    if devices > 1 and "jax" not in sys.modules:
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
+def _run(
+    config: TrainConfig, target: Path, resume: Path | None, quiet: bool, tensorboard: Path | None, launch: dict
+) -> TrainResult:
+    """train() with a progress bar unless quiet, TensorBoard events when asked; `launch`: group and devices."""
     if tensorboard is None:
-        return _train_with_progress(config, target, resume, quiet, [])
+        return _train_with_progress(config, target, resume, quiet, [], launch)
     config.validate()  # a bad option fails before the event file is made
     with TensorBoardWriter(tensorboard) as writer:
-        return _train_with_progress(config, target, resume, quiet, [TrainingLogger(writer, config)])
+        return _train_with_progress(config, target, resume, quiet, [TrainingLogger(writer, config)], launch)
 
 
 def _train_with_progress(
-    config: TrainConfig, target: Path, resume: Path | None, quiet: bool, loggers: list[Callable[[EpochReport], None]]
+    config: TrainConfig,
+    target: Path,
+    resume: Path | None,
+    quiet: bool,
+    loggers: list[Callable[[EpochReport], None]],
+    launch: dict,
 ) -> TrainResult:
     """train() with the epoch callbacks `loggers`, plus a progress bar unless quiet."""
     if quiet:
-        return train(config, out=target, resume_from=resume, callback=lambda report: _each(loggers, report))
+        callback = (lambda report: _each(loggers, report)) if loggers else None
+        return train(config, out=target, resume_from=resume, callback=callback, **launch)
     # Started at the first epoch's report, so that a setup error (bad data dir, backend) prints no bar.
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -258,7 +370,7 @@ def _train_with_progress(
         _each(loggers, report)
 
     try:
-        return train(config, out=target, resume_from=resume, callback=show)
+        return train(config, out=target, resume_from=resume, callback=show, **launch)
     finally:
         progress.stop()
 

@@ -1,0 +1,318 @@
+"""group= on torch.distributed (gloo, CPU): every rank's loss and gradient against one process on the whole batch.
+
+Three processes start once for the whole module: each computes every case of CASES over the world
+group (3 ranks) and over a subgroup of ranks 0 and 1 (2 ranks) and returns its numbers; the tests
+compare them with the single-process loss at 1e-10 in float64. Local batches are uneven, some ranks
+hold anchors whose positives are all elsewhere, one split has an empty rank; DistributedDataParallel,
+wrong use on every rank, and a 2-rank `train()` against one process complete the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import traceback
+from typing import Any
+
+import numpy as np
+import pytest
+
+import hcl_array as hcl
+from hcl_array.training import TrainConfig, train
+from tests.distributed_cases import CASES, DIM, LABELS, VIEWS, global_batch
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+
+#: local batch sizes per world size: uneven, and with 3 ranks a rank of one sample
+SIZES = {2: [3, 5], 3: [4, 1, 3]}
+#: splits with a rank that holds no samples (it still takes part in every collective)
+EMPTY_RANK = {2: [0, 8], 3: [5, 0, 3]}
+
+
+def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
+    if array is None:
+        return None
+    start = sum(sizes[:rank])
+    return torch.tensor(array[start : start + sizes[rank]])
+
+
+def _case(name: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    loss_name, options, layout = CASES[name]
+    z, ids = global_batch(layout)
+    local = _local(z, rank, sizes).requires_grad_(True)
+    value = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, **options)
+    value.backward()
+    return {"value": value.item(), "grad": local.grad.numpy()}
+
+
+def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """DistributedDataParallel on a linear encoder whose views are a non-contiguous (B, V, d) tensor (the
+    all_gather trap): after loss.backward() every rank holds DDP's averaged parameter gradient."""
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, DIM, bias=False).double(), process_group=group)
+    inputs = np.random.default_rng(5).normal(size=(len(LABELS), VIEWS, 4))
+    views = model(_local(inputs, rank, sizes).transpose(0, 1)).transpose(0, 1)  # (B, V, d), not contiguous
+    hcl.hucl(views, beta=2.0, group=group).backward()
+    return {"weight_grad": model.module.weight.grad.numpy()}
+
+
+def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """Rank 0 only evaluates (no gradient, no backward), the others train: nobody waits."""
+    local = _local(global_batch("views")[0], rank, sizes).requires_grad_(rank > 0)
+    value = hcl.hucl(local, beta=2.0, group=group)
+    if rank:
+        value.backward()
+    return {"value": value.item(), "grad": None if rank == 0 else local.grad.numpy()}
+
+
+def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    out = {name: _case(name, rank, sizes, group) for name in CASES}
+    value, grad = hcl.hucl(_local(global_batch("views")[0], rank, sizes), beta=2.0, group=group, return_grad=True)
+    out["return_grad"] = {"value": float(value), "grad": grad.numpy()}
+    out["ddp"] = _ddp_case(rank, sizes, group)
+    out["empty_rank"] = _case("hucl", rank, EMPTY_RANK[len(sizes)], group)
+    out["rank0_without_grad"] = _rank0_without_grad(rank, sizes, group)
+    out["errors"] = _errors(rank, sizes, group)
+    return out
+
+
+def _errors(rank: int, sizes: list[int], world: Any) -> dict[str, str]:
+    """The message of each wrong use, on this rank (every rank must raise: none may hang)."""
+    local = torch.tensor(global_batch("views")[0][: sizes[rank]])
+    uses = {
+        "dimension": lambda: hcl.ntxent(local[..., : DIM - rank], group=world),
+        "dtype": lambda: hcl.ntxent(local.float() if rank else local, group=world),
+        "labels_missing": lambda: hcl.ucl(
+            local, None if rank else torch.zeros(sizes[0], dtype=torch.int64), group=world
+        ),
+        "rows_without_labels": lambda: hcl.scl(
+            local[:, 0], None if rank else torch.zeros(sizes[0], dtype=torch.int64), group=world
+        ),
+        "non_finite": lambda: hcl.ntxent(local * (float("nan") if rank else 1.0), group=world),
+        "uniforms_local": lambda: hcl.hscl(
+            local[:, 0],
+            torch.zeros(sizes[rank], dtype=torch.int64),
+            negatives="sampled",
+            k=2,
+            uniforms=np.zeros((sizes[rank], 2)),
+            group=world,
+        ),
+    }
+    messages = {}
+    for name, use in uses.items():
+        try:
+            use()
+            messages[name] = "no error"
+        except (TypeError, ValueError) as error:
+            messages[name] = f"{type(error).__name__}: {error}"
+    return messages
+
+
+#: a run with views, instance ids, augmentations and sampled negatives; batches of 7 split 3 + 4
+TRAIN = TrainConfig(
+    loss="hucl",
+    encoder="mlp",
+    hidden=6,
+    classes=3,
+    per_class=10,
+    input_dim=4,
+    views=2,
+    negatives="sampled",
+    k=5,
+    batch_size=7,
+    epochs=2,
+    optimizer="sgd",  # plain SGD: a gradient off by the number of ranks would show (Adam would hide it)
+    lr=0.5,
+    backend="torch",
+    dtype="float64",
+    seed=3,
+)
+
+
+def _train_twice(group: Any, folder: str) -> dict[str, Any]:
+    """One epoch, then a second one resumed from the checkpoint rank 0 wrote."""
+    path = f"{folder}/run.npz"
+    train(dataclasses.replace(TRAIN, epochs=1), out=path, group=group)
+    result = train(TRAIN, resume_from=path, group=group)
+    params = result.checkpoint.params
+    return {"history": {k: v.tolist() for k, v in result.history.items()}, "params": params}
+
+
+def _worker(rank: int, init: str, folder: str, results: Any) -> None:
+    try:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=3)
+        pair = dist.new_group([0, 1])  # every rank creates it; only its members use it
+        out = {3: _all_cases(rank, SIZES[3], dist.group.WORLD)}
+        if rank < 2:
+            out[2] = _all_cases(rank, SIZES[2], pair)
+            out["train"] = _train_twice(pair, folder)
+        results.put((rank, out))
+        dist.destroy_process_group()
+    except BaseException:  # the parent must see why, not wait for a result that never comes
+        results.put((rank, traceback.format_exc()))
+        raise
+
+
+@pytest.fixture(scope="module")
+def by_world(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
+    """Each world size's list of per-rank results, from three spawned gloo processes."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    folder = tmp_path_factory.mktemp("gloo")
+    workers = [
+        context.Process(target=_worker, args=(rank, f"file://{folder}/rendezvous", str(folder), results))
+        for rank in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    gathered = dict(results.get(timeout=300) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    failed = {rank: out for rank, out in gathered.items() if isinstance(out, str)}
+    assert not failed, failed
+    by_world = {world: [gathered[rank][world] for rank in range(world)] for world in SIZES}
+    return {**by_world, "train": [gathered[rank]["train"] for rank in range(2)]}
+
+
+@pytest.fixture(params=sorted(SIZES), ids=lambda world: f"{world}ranks")
+def ranks(request: pytest.FixtureRequest, by_world: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return by_world[request.param]
+
+
+def single_process(loss_name: str, options: dict[str, Any], layout: str) -> tuple[float, np.ndarray]:
+    """The loss of the whole batch in one process, and its gradient."""
+    z, ids = global_batch(layout)
+    tensor = torch.tensor(z, requires_grad=True)
+    value = getattr(hcl, loss_name)(tensor, None if ids is None else torch.tensor(ids), **options)
+    value.backward()
+    return value.item(), tensor.grad.numpy()
+
+
+def _rows_of(array: np.ndarray, rank: int, sizes: list[int]) -> np.ndarray:
+    return array[sum(sizes[:rank]) : sum(sizes[: rank + 1])]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_rank_gets_the_single_process_value_and_gradient(ranks: list[dict], name: str) -> None:
+    expected_value, expected_grad = single_process(*CASES[name])
+    sizes = SIZES[len(ranks)]
+    assert np.isfinite(expected_value) and np.abs(expected_grad).max() > 0
+    for rank, out in enumerate(ranks):
+        assert out[name]["value"] == pytest.approx(expected_value, rel=1e-10, abs=1e-12)
+        # every rank calls backward: autograd gives world_size x this rank's share (DDP divides it back)
+        np.testing.assert_allclose(out[name]["grad"] / len(ranks), _rows_of(expected_grad, rank, sizes), atol=1e-10)
+
+
+def test_return_grad_is_the_exact_share_of_the_global_gradient(ranks: list[dict]) -> None:
+    expected_value, expected_grad = single_process("hucl", {"beta": 2.0}, "views")
+    for rank, out in enumerate(ranks):
+        assert out["return_grad"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        np.testing.assert_allclose(
+            out["return_grad"]["grad"], _rows_of(expected_grad, rank, SIZES[len(ranks)]), atol=1e-10
+        )
+
+
+def test_a_rank_without_samples_takes_part(ranks: list[dict]) -> None:
+    expected_value, expected_grad = single_process(*CASES["hucl"])
+    for rank, out in enumerate(ranks):
+        assert out["empty_rank"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        expected_rows = _rows_of(expected_grad, rank, EMPTY_RANK[len(ranks)])
+        np.testing.assert_allclose(out["empty_rank"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+
+
+def test_a_rank_may_evaluate_while_the_others_train(ranks: list[dict]) -> None:
+    expected_value, expected_grad = single_process("hucl", {"beta": 2.0}, "views")
+    for rank, out in enumerate(ranks):
+        assert out["rank0_without_grad"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        if rank:
+            expected_rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
+            np.testing.assert_allclose(out["rank0_without_grad"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+
+
+def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, DIM, bias=False).double()
+    inputs = torch.tensor(np.random.default_rng(5).normal(size=(len(LABELS), VIEWS, 4)))
+    hcl.hucl(model(inputs), beta=2.0).backward()
+    for out in ranks:
+        np.testing.assert_allclose(out["ddp"]["weight_grad"], model.weight.grad.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("use", "every_rank_says"),
+    [
+        ("dimension", "ranks disagree on the embedding dimension d"),
+        ("dtype", "ranks disagree on the dtype (rank 0: float64, rank 1: float32"),
+        ("labels_missing", "ranks disagree on labels/ids (rank 0: given, rank 1: missing"),
+        ("uniforms_local", "uniforms must have shape (N, k)"),
+    ],
+)
+def test_wrong_use_raises_on_every_rank(ranks: list[dict], use: str, every_rank_says: str) -> None:
+    for out in ranks:
+        assert every_rank_says in out["errors"][use]
+
+
+@pytest.mark.parametrize(
+    ("use", "own_error"), [("rows_without_labels", "labels/ids are required"), ("non_finite", "NaN or Inf")]
+)
+def test_a_bad_batch_on_one_rank_raises_there_and_stops_the_others(ranks: list[dict], use: str, own_error: str) -> None:
+    assert own_error not in ranks[0]["errors"][use]
+    assert "rank(s) [" in ranks[0]["errors"][use]
+    for out in ranks[1:]:
+        assert own_error in out["errors"][use]
+
+
+def test_group_needs_torch_tensors_and_an_initialised_group() -> None:
+    z = np.zeros((4, 2, 3))
+    with pytest.raises(TypeError, match="group= needs torch arrays, got numpy"):
+        hcl.ntxent(z, group=object())
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        hcl.ntxent(torch.tensor(z), group=object())
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({"reduction": "none"}, "reduction='none'"),
+        ({"kernel": "fused"}, "kernel='fused'"),
+        ({"hardening": lambda s: (s + 200.0) ** 2, "detach_weights": False}, "detach_weights=True"),
+        ({"axis_name": "batch"}, "not both"),
+    ],
+)
+def test_what_is_not_distributed_names_the_option(options: dict, names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        hcl.contrastive_loss(torch.zeros(4, 2, 3), group=object(), **options)
+
+
+def test_two_process_training_follows_the_one_process_trajectory(by_world: dict) -> None:
+    """2 ranks (batches split 3 + 4, resumed after epoch 1) against one uninterrupted process, in float64."""
+    single = train(TRAIN)
+    for out in by_world["train"]:
+        assert set(out["history"]) == set(single.history)
+        for key, values in single.history.items():
+            np.testing.assert_allclose(out["history"][key], values, rtol=1e-6, atol=1e-9, err_msg=key)
+        for name, value in single.checkpoint.params.items():
+            np.testing.assert_allclose(out["params"][name], value, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_training_on_several_processes_needs_torch() -> None:
+    with pytest.raises(ValueError, match="several processes need --backend torch"):
+        train(dataclasses.replace(TRAIN, backend="numpy"), group=object())
+
+
+def test_nproc_needs_the_torch_backend_in_one_line() -> None:
+    typer_testing = pytest.importorskip("typer.testing")
+    from hcl_array.cli.app import app
+
+    result = typer_testing.CliRunner().invoke(app, ["train", "--nproc", "2", "--backend", "numpy"])
+    assert result.exit_code == 1
+    assert "--nproc 2 needs --backend torch" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_launcher_gets_the_command_line_without_nproc() -> None:
+    from hcl_array.cli.train import _without_nproc
+
+    given = ["train", "--nproc", "2", "--epochs", "3", "--nproc=4", "--backend", "torch"]
+    assert _without_nproc(given) == ["train", "--epochs", "3", "--backend", "torch"]
