@@ -158,32 +158,61 @@ class TorchOps:
     def to_list(x: torch.Tensor) -> list[int]:
         return x.tolist()
 
+    @staticmethod
+    def fill_(x: torch.Tensor, value: float) -> None:
+        x.fill_(value)
+
+    @staticmethod
+    def cumsum_rows_(x: torch.Tensor) -> torch.Tensor:
+        return x.cumsum_(1)
+
+    @staticmethod
+    def add_at_(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+        x.index_add_(0, index, values)  # repeated indices accumulate (a negative drawn twice)
+
+    @staticmethod
+    def draw_columns(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row."""
+        total = cumulative[:, -1:].contiguous()
+        targets = uniforms.to(cumulative.dtype) * total
+        columns = torch.searchsorted(cumulative, targets, right=True)
+        # the last column with weight holds the total: round-off (and NaN rows) stay within the row
+        last = torch.searchsorted(cumulative, total).clamp_max_(cumulative.shape[1] - 1)
+        return torch.minimum(columns, last)
+
 
 class FusedLoss(torch.autograd.Function):
     """Forward: the value, and dL/dz when z needs a gradient. Backward: that gradient times the cotangent."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig) -> torch.Tensor:
-        value, grad = fused.value_and_grad(z, ids, config, TorchOps, want_grad=ctx.needs_input_grad[0])
+    def forward(
+        ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig, uniforms: torch.Tensor | None
+    ) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        value, grad = fused.value_and_grad(z, ids, config, TorchOps, want_grad=want_grad, uniforms=uniforms)
         if grad is not None:
             ctx.save_for_backward(grad)
         return value
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        return saved_gradient_times(ctx, cotangent)
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        return (*saved_gradient_times(ctx, cotangent), None)
 
 
 def fused_loss(
-    z: torch.Tensor, ids: torch.Tensor, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    config: LossConfig,
+    *,
+    uniforms: torch.Tensor | None = None,
+    return_grad: bool = False,
 ) -> Any:
     """The loss with autograd through `FusedLoss`, or (loss, gradient) when return_grad."""
-    del uniforms  # expected negatives only (`fused.supports`)
     if return_grad:
         with torch.no_grad():
-            return fused.value_and_grad(z, ids, config, TorchOps)
-    return FusedLoss.apply(z, ids, config)
+            return fused.value_and_grad(z, ids, config, TorchOps, uniforms=uniforms)
+    return FusedLoss.apply(z, ids, config, uniforms)
 
 
 dispatch.register("fused", "torch", fused_loss)
