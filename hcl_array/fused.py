@@ -498,6 +498,17 @@ class _SampledPass(_Pass):
         ops.cumsum_rows_(weights)
 
 
+def _row_norms(z: Array, ops: Any) -> Array:
+    """||z_i||: the plain sum of squares, or, when it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
+    (as `formulas.row_norms`; the test is one reduction of (N, 1), the rescaled pass runs only then)."""
+    norm = ops.row_norms(z)
+    if math.isfinite(float(norm.max())):
+        return norm
+    peak = ops.row_max(abs(z))
+    peak = peak + (peak == 0)  # a zero row stays zero
+    return ops.row_norms(z / peak) * peak
+
+
 def value_and_grad(
     z: Array, ids: Array, config: LossConfig, ops: Any, *, want_grad: bool = True, uniforms: Array | None = None
 ) -> tuple[Array, Array | None]:
@@ -526,7 +537,7 @@ def value_and_grad(
     buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
     block_buffers = [next(buffers) for _ in block_shapes]
     if normalizing:
-        norm = ops.row_norms(z)
+        norm = _row_norms(z, ops)
         floor = norm_floor(config.normalize, z.dtype, ops.module)
         divisor = ops.maximum(norm, floor)
         u = ops.divide_into(z, divisor, next(buffers))

@@ -215,4 +215,26 @@ def fused_loss(
     return FusedLoss.apply(z, ids, config, uniforms)
 
 
+class GradientGuard(torch.autograd.Function):
+    """Identity forward; the backward pass raises error() when the gradient holds NaN or Inf (an overflow)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, error: Any) -> torch.Tensor:
+        ctx.error = error
+        return z.view_as(z)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if not bool(torch.isfinite(grad).all()):
+            raise ctx.error()
+        return grad, None
+
+
+def guard_gradient(z: torch.Tensor, error: Any) -> torch.Tensor:
+    """z behind `GradientGuard` when autograd will differentiate the loss with respect to it."""
+    return GradientGuard.apply(z, error) if z.requires_grad and torch.is_grad_enabled() else z
+
+
 dispatch.register("fused", "torch", fused_loss)
+dispatch.register_gradient_guard("torch", guard_gradient)
