@@ -12,6 +12,7 @@ blocks of anchor rows; both call these functions, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Literal
 
@@ -56,7 +57,9 @@ def row_norms(z: Array) -> Array:
     xp = aa.namespace(z)
     peak = xp.max(xp.abs(z), axis=-1, keepdims=True)
     peak = xp.where(peak > 0, peak, xp.ones_like(peak))
-    return peak * xp.linalg.vector_norm(z / peak, axis=-1, keepdims=True)
+    # an Inf entry makes its row NaN (inf / inf), which the callers report as a bad input; NumPy would warn
+    with np.errstate(invalid="ignore") if isinstance(z, np.ndarray) else contextlib.nullcontext():
+        return peak * xp.linalg.vector_norm(z / peak, axis=-1, keepdims=True)
 
 
 def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
@@ -313,7 +316,11 @@ def check_similarity_range(z: Array, config: LossConfig) -> None:
         if largest_radius < 1.0:
             raise overflow_error("the similarities", z, config)
         return
-    if z.shape[0] and aa.concrete_bool(xp.max(row_norms(aa.stop_gradient(z))) <= largest_radius) is False:
+    if z.shape[0] == 0:
+        return
+    radius = xp.max(row_norms(aa.stop_gradient(z)))
+    # a NaN or Inf in z is not an overflow: the paths report it as a bad input
+    if aa.concrete_bool((radius > largest_radius) & xp.isfinite(radius)):
         raise overflow_error("the similarities", z, config)
 
 

@@ -1,7 +1,7 @@
 """The fused kernel for the common members of the family: value and gradient in one pass, in place.
 
 It covers the losses most runs use (scl, hscl, ucl, hucl, supcon, ntxent: uniform or exponential
-weights, expected negatives, a scalar reduction) on NumPy, CuPy and torch, and computes exactly the
+weights, expected or sampled negatives, a scalar reduction) on NumPy, CuPy and torch, and computes exactly the
 array-API code's formulas (`hcl_array.losses`, which runs everything, on every backend, and is what
 the tests hold this kernel to). JAX keeps the array-API code: XLA fuses it already.
 
@@ -28,6 +28,11 @@ Block by block (rows a:b of the anchors against all N columns; one block of N ro
     l_ij = softplus(c_i - s_ij) (or c_i - s_ij for supcon) on the positive pairs only
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
     dL/du[a:b] += G u / tau,  dL/du += G^T u[a:b] / tau
+
+Sampled negatives (`_SampledPass`, the paper's own estimator): per block, the running sums of the
+weights along each row are the unnormalized CDF of q_i; each anchor's k uniforms (drawn once per call by
+`dispatch.compute`, the same numbers the array-API code turns into counts) pick their columns by
+inverse CDF, and the loss and G need only the k gathered similarities per anchor.
 
 The few operations that differ between NumPy-like modules and torch are an `ops` object: `NumpyOps`
 here (NumPy, or CuPy passed as the module), `TorchOps` in `backends/_torch_fused.py`.
