@@ -172,13 +172,18 @@ class TorchOps:
 
     @staticmethod
     def draw_columns(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row."""
-        total = cumulative[:, -1:].contiguous()
-        targets = uniforms.to(cumulative.dtype) * total
-        columns = torch.searchsorted(cumulative, targets, right=True)
-        # the last column with weight holds the total: round-off (and NaN rows) stay within the row
-        last = torch.searchsorted(cumulative, total).clamp_max_(cumulative.shape[1] - 1)
-        return torch.minimum(columns, last)
+        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
+
+        u <= 1 - eps/2 (the largest number below 1 in the dtype) makes u * total < total after rounding, so
+        the draw never passes the last column with weight; float64 uniforms cast to float32 may round up
+        to 1, hence the clamp there. A NaN row (bad input, reported by the value) stays in the row.
+        """
+        total = cumulative[:, -1:]
+        below_one = 1.0 - torch.finfo(cumulative.dtype).eps / 2
+        if uniforms.dtype != cumulative.dtype:
+            uniforms = uniforms.clamp_max(below_one).to(cumulative.dtype)
+        columns = torch.searchsorted(cumulative, uniforms * total, right=True)
+        return columns.clamp_max_(cumulative.shape[1] - 1)
 
 
 class FusedLoss(torch.autograd.Function):
