@@ -10,10 +10,11 @@ Run from the repository root (default: about 5 minutes on 2 CPU cores, sizes up 
 
 Sections:
 
-1. `peers` (issue 2): hscl forward + backward on torch CPU at N = 512, 2048, 8192, d = 128, as a ratio
-   to `F.cross_entropy(z @ z.T / tau, arange(N))` forward + backward and to pytorch-metric-learning's
-   `SupConLoss`, both measured in the same run; once as called by default (the fused kernel) and once
-   through the array-API code (`USE_FUSED_KERNEL = False`).
+1. `peers` (issues 2 and 13): hscl forward + backward on torch CPU at N = 512, 2048, 8192, d = 128, as a
+   ratio to `F.cross_entropy(z @ z.T / tau, arange(N))` forward + backward and to pytorch-metric-learning's
+   `SupConLoss`, both measured in the same run; with expected negatives and with the paper's sampled
+   ones (`PAPER_PRESET`), each as called by default (the fused kernel) and through the array-API code
+   (`USE_FUSED_KERNEL = False`).
 2. `scaling`: forward + backward of hscl at N = 1k, 2k, 4k, ... (d = 128) on torch, jax and numpy,
    dense (N <= --max-dense, default 8192) and tiled (`tile="auto"` block size), each as a ratio to the
    matrix products alone (z z^T and its two backward products, G z and G^T z, computed block by block
@@ -96,12 +97,14 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
             def step():
                 _blocked_products(z0, tile, lambda a: a.T)
         else:
+            # "paper": the released code's semantics (PAPER_PRESET: k = 256 sampled negatives, tau = 1)
+            options = {**hcl.PAPER_PRESET, "rng": np.random.default_rng(1)} if kind == "paper" else {"temperature": TAU}
 
             def step():
                 hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
                 try:
                     z = z0.clone().requires_grad_()
-                    hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile).backward()
+                    hcl.hscl(z, labels, beta=BETA, tile=tile, **options).backward()
                 finally:
                     hcl.losses.USE_FUSED_KERNEL = True
 
@@ -299,7 +302,10 @@ def peers_section(args: argparse.Namespace) -> list[str]:
         "",
         '`default` is `hcl.hscl(z, labels)` as users call it (`tile="auto"`: the fused torch kernel);',
         "`array-API code` is the same call with `hcl_array.losses.USE_FUSED_KERNEL = False` (autograd",
-        "through the portable code that every other backend runs). Times: the four steps run interleaved in",
+        "through the portable code that every other backend runs). `PAPER_PRESET (sampled)` is",
+        "`hcl.hscl(z, labels, **PAPER_PRESET, rng=...)`, the released code's semantics (k = 256 negatives",
+        "sampled per anchor, tau = 1), through the kernel, and then through the array-API code.",
+        "Times: the six steps run interleaved in",
         f"one process, repeated in {args.processes} processes; a time is the median over processes of each",
         "process's median, a ratio the median of the per-process ratios with their range in brackets (a",
         "process's ratio varies by about 10% on this shared machine). Memory: each step alone in its own",
@@ -309,12 +315,17 @@ def peers_section(args: argparse.Namespace) -> list[str]:
         "SupCon mem | mem / CE | mem / SupCon |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    paths = {"default": True, "array-API code": False}
+    paths = {
+        "default": ("hscl", True),
+        "array-API code": ("hscl", False),
+        "PAPER_PRESET (sampled)": ("paper", True),
+        "PAPER_PRESET, array-API code": ("paper", False),
+    }
     for n in args.peer_sizes:
         steps = {
             "ce": ("ce", None, True),
             "supcon": ("supcon", None, True),
-            **{label: ("hscl", "auto", kernel) for label, kernel in paths.items()},
+            **{label: (kind, "auto", kernel) for label, (kind, kernel) in paths.items()},
         }
         timings = [
             timing

@@ -7,6 +7,7 @@ directly; NumPy and CuPy take the analytic backward pass (`value_and_grad`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,11 @@ class Pieces:
 def _sampled_weights(log_weights: Array, support: Array, uniforms: Array) -> tuple[Array, Array]:
     """log of the draw counts of k negatives per anchor from the detached q_i, and their support."""
     xp = aa.namespace(log_weights)
-    log_norm, _ = aa.masked_logsumexp(aa.stop_gradient(log_weights), support)
-    probabilities = xp.exp(aa.stop_gradient(log_weights) - log_norm[:, None])
+    log_weights = aa.stop_gradient(log_weights)
+    log_norm, _ = aa.masked_logsumexp(log_weights, support)
+    # -inf (exp: 0) off the support, before exp: there log w may be anything (beta s_ii of an anchor
+    # without candidates, say), even beyond the range of exp
+    probabilities = xp.exp(xp.where(support, log_weights - log_norm[:, None], -math.inf))
     counts = counts_from_uniforms(probabilities, support, uniforms)
     support = counts > 0
     log_counts = xp.log(xp.where(support, xp.astype(counts, log_weights.dtype), xp.ones_like(log_weights)))

@@ -33,7 +33,7 @@ from array_api_compat import is_cupy_array, is_jax_array, is_numpy_array, is_tor
 from . import _array_api as aa
 from . import dense, distributed, fused, tiled
 from .config import LossConfig, check_inputs, reject_non_finite, restore_views
-from .formulas import uniform_draws
+from .formulas import check_similarity_range, overflow_error, uniform_draws
 
 Array = Any
 Implementation = Callable[..., Any]
@@ -49,11 +49,19 @@ _TABLE: dict[tuple[str, str], Implementation] = {
     ("fused", "numpy"): fused.numpy_loss,
 }
 _LOADERS: dict[str, Callable[[], object]] = {}
+#: family -> guard(embeddings, error) -> embeddings: for autodiff frameworks, an identity whose backward
+#: pass raises error() when the gradient reaching half-precision embeddings overflowed their dtype
+_GRADIENT_GUARDS: dict[str, Callable[[Array, Callable[[], Exception]], Array]] = {}
 
 
 def register(path: str, family: str, implementation: Implementation) -> None:
     """Serve `path` for arrays of `family` ("numpy", "cupy", "torch", "jax", ...) with `implementation`."""
     _TABLE[(path, family)] = implementation
+
+
+def register_gradient_guard(family: str, guard: Callable[[Array, Callable[[], Exception]], Array]) -> None:
+    """Guard the autodiff gradient of float16 embeddings of `family` (see `_GRADIENT_GUARDS`)."""
+    _GRADIENT_GUARDS[family] = guard
 
 
 def register_loader(family: str, loader: Callable[[], object]) -> None:
@@ -127,6 +135,7 @@ def compute(
     """
     if group is not None or config.axis_name is not None:  # the "distributed" path of choose_path
         return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
+    embeddings = _guard_gradient(embeddings, config, return_grad)
     xp, z, ids = check_inputs(embeddings, ids)
     if return_grad and config.reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
@@ -137,13 +146,14 @@ def compute(
     z_compute = xp.astype(z, aa.accumulation_dtype(xp, z.dtype), copy=False)  # nothing below writes into it
     if path != "fused" and config.check_finite:
         reject_non_finite(z, xp)
+    if config.check_finite:
+        check_similarity_range(z_compute, config)
     result = implementation(path, family)(z_compute, ids, config, uniforms=uniforms, return_grad=return_grad)
-    value = result[0] if return_grad else result
-    # A NaN or Inf in z always reaches the kernel's value (fused.value_and_grad), so one scalar test
-    # replaces a pass over z; only a non-finite value pays for the full check.
-    if path == "fused" and config.check_finite and not bool(xp.isfinite(value)):
-        reject_non_finite(z, xp)
-    return restore_views(embeddings, *result, xp) if return_grad else result
+    if return_grad:
+        result = restore_views(embeddings, *result, xp)
+    if config.check_finite:
+        _reject_overflow(result, return_grad, z_compute, config, xp, checked=path != "fused")
+    return result
 
 
 def _compute_distributed(
@@ -172,3 +182,41 @@ def _compute_distributed(
 
     entry = implementation("distributed", family)
     return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
+
+
+def _guard_gradient(embeddings: Array, config: LossConfig, return_grad: bool) -> Array:
+    """embeddings, behind the family's gradient guard when autodiff will cast a float32 gradient to float16.
+
+    The loss computes in float32; the gradient autodiff hands to float16 embeddings can exceed 65504
+    (tiny rows on the sphere at a low temperature), where the cast gives Inf. Only float16 pays.
+    """
+    family = array_family(embeddings) if aa.is_array(embeddings) else None
+    if return_grad or not config.check_finite or family is None or str(embeddings.dtype).split(".")[-1] != "float16":
+        return embeddings
+    implementation("dense", family)  # runs the family's loader, which registers its guard
+    guard = _GRADIENT_GUARDS.get(family)
+    if guard is None:
+        return embeddings
+
+    def error() -> Exception:
+        xp = aa.namespace(embeddings)
+        rows = xp.astype(aa.stop_gradient(embeddings), xp.float32)
+        return overflow_error("the gradient", xp.reshape(rows, (-1, rows.shape[-1])), config, embeddings.dtype)
+
+    return guard(embeddings, error)
+
+
+def _reject_overflow(result: Any, return_grad: bool, z: Array, config: LossConfig, xp: Any, *, checked: bool) -> None:
+    """ValueError when the value (or the gradient returned) is NaN or Inf: a bad z, or an overflow.
+
+    A NaN or Inf in z always reaches the kernel's value (fused.value_and_grad), so there one scalar test
+    replaces a pass over z (`checked`: the array-API paths tested z before computing); only a
+    non-finite value pays for the full check. Under jax.jit nothing is concrete: no test.
+    """
+    value, grad = result if return_grad else (result, None)
+    if aa.concrete_bool(xp.all(xp.isfinite(value))) is False:
+        if not checked:
+            reject_non_finite(z, xp)
+        raise overflow_error("the loss", z, config)
+    if grad is not None and aa.concrete_bool(xp.all(xp.isfinite(grad))) is False:
+        raise overflow_error("the gradient", z, config, grad.dtype)

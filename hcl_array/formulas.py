@@ -12,13 +12,14 @@ blocks of anchor rows; both call these functions, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Literal
 
 import numpy as np
 
 from . import _array_api as aa
-from .config import Normalize, choice
+from .config import LossConfig, Normalize, choice
 from .hardening import Hardening
 
 Array = Any
@@ -27,13 +28,16 @@ __all__ = [
     "anchor_scale",
     "anchor_terms",
     "batch_divisor",
+    "check_similarity_range",
     "counts_from_uniforms",
     "hardening_weights",
     "norm_floor",
     "normalize_embeddings",
     "normalize_vjp",
+    "overflow_error",
     "pair_losses",
     "pair_masks",
+    "row_norms",
     "row_weight",
     "scaled_gram",
     "similarity_grad",
@@ -47,13 +51,24 @@ def norm_floor(mode: str, dtype: Any, xp: Any) -> float:
     return 1.0 if mode == "ball" else 1e-12 if dtype == xp.float64 else 1e-6
 
 
+def row_norms(z: Array) -> Array:
+    """||z_i|| as a (N, 1) column, = m_i ||z_i / m_i|| with m_i = max_d |z_id|: no overflow and no underflow
+    (a float32 row of 1e20 entries has a finite norm, though its sum of squares overflows)."""
+    xp = aa.namespace(z)
+    peak = xp.max(xp.abs(z), axis=-1, keepdims=True)
+    peak = xp.where(peak > 0, peak, xp.ones_like(peak))
+    # an Inf entry makes its row NaN (inf / inf), which the callers report as a bad input; NumPy would warn
+    with np.errstate(invalid="ignore") if isinstance(z, np.ndarray) else contextlib.nullcontext():
+        return peak * xp.linalg.vector_norm(z / peak, axis=-1, keepdims=True)
+
+
 def normalize_embeddings(z: Array, mode: Normalize = "ball") -> Array:
     """g(z): "sphere" z/||z||, "ball" z/max(1, ||z||) (the paper's unit-ball clip), "none" z."""
     xp = aa.namespace(z)
     choice("normalize", mode)
     if mode == "none":
         return z
-    norm = xp.linalg.vector_norm(z, axis=-1, keepdims=True)
+    norm = row_norms(z)
     floor = norm_floor(mode, z.dtype, xp)
     return z / xp.maximum(norm, xp.full_like(norm, floor))
 
@@ -66,7 +81,7 @@ def normalize_vjp(z: Array, u: Array, grad_u: Array, mode: str) -> Array:
     if mode == "none":
         return grad_u
     xp = aa.namespace(z)
-    norm = xp.linalg.vector_norm(z, axis=-1, keepdims=True)
+    norm = row_norms(z)
     floor = norm_floor(mode, z.dtype, xp)
     # rows that g leaves unscaled (norm <= floor) have no radial part to remove: their factor is 0
     radial = xp.sum(u * grad_u, axis=-1, keepdims=True) * xp.astype(norm > floor, u.dtype)
@@ -280,3 +295,48 @@ def batch_divisor(pair_counts: Array, reduction: str) -> Array | float:
         return 1.0
     count = xp.sum(pair_counts) if reduction == "mean" else xp.sum(xp.astype(pair_counts > 0, pair_counts.dtype))
     return xp.maximum(count, xp.ones_like(count))
+
+
+#: The loss forms exp((1 + beta) s - max), c_i - s_ij and sums of a few such terms: it stays finite while
+#: (1 + beta) max |s| is below the dtype's largest number divided by this margin.
+OVERFLOW_MARGIN = 8.0
+
+
+def _tilt(config: LossConfig) -> float:
+    """1 + beta for exponential weights (the largest exponent the loss forms is (1 + beta) s), else 1."""
+    return 1.0 + float(getattr(config.hardening, "beta", 0.0) or 0.0)
+
+
+def check_similarity_range(z: Array, config: LossConfig) -> None:
+    """ValueError before computing when (1 + beta) max |s_ij| OVERFLOW_MARGIN would overflow z's (compute) dtype.
+
+    |s_ij| <= R^2 / tau with R = max_i ||g(z_i)||: at most 1 for "sphere" and "ball" (no pass over z), the
+    largest row norm for "none" (one pass). Skipped under jax.jit, where values are not concrete.
+    """
+    xp = aa.namespace(z)
+    largest_radius = math.sqrt(float(xp.finfo(z.dtype).max) * config.temperature / (_tilt(config) * OVERFLOW_MARGIN))
+    if config.normalize != "none":
+        if largest_radius < 1.0:
+            raise overflow_error("the similarities", z, config)
+        return
+    if z.shape[0] == 0:
+        return
+    radius = xp.max(row_norms(aa.stop_gradient(z)))
+    # a NaN or Inf in z is not an overflow: the paths report it as a bad input
+    if aa.concrete_bool((radius > largest_radius) & xp.isfinite(radius)):
+        raise overflow_error("the similarities", z, config)
+
+
+def overflow_error(what: str, z: Array, config: LossConfig, dtype: Any = None) -> ValueError:
+    """The error for finite embeddings whose loss or gradient overflows `dtype` (default: z's): what, how
+    large the similarities are, and the fixes."""
+    xp = aa.namespace(z)
+    dtype = z.dtype if dtype is None else dtype
+    radius = float(xp.max(row_norms(aa.stop_gradient(z)))) if z.shape[0] and config.normalize == "none" else 1.0
+    return ValueError(
+        f"{what} overflowed {dtype} (largest finite {float(xp.finfo(dtype).max):.3g}): similarities "
+        f"s = g(z_i).g(z_j) / temperature reach {radius * radius / config.temperature:.3g} "
+        f"(normalize={config.normalize!r}, temperature={config.temperature:g}, 1 + beta = {_tilt(config):g}). "
+        "Fix: normalize the embeddings (normalize='sphere' or 'ball'), lower their scale (or raise the "
+        "temperature, lower beta), or use a wider dtype (float64)"
+    )

@@ -1,7 +1,7 @@
 """The fused kernel for the common members of the family: value and gradient in one pass, in place.
 
 It covers the losses most runs use (scl, hscl, ucl, hucl, supcon, ntxent: uniform or exponential
-weights, expected negatives, a scalar reduction) on NumPy, CuPy and torch, and computes exactly the
+weights, expected or sampled negatives, a scalar reduction) on NumPy, CuPy and torch, and computes exactly the
 array-API code's formulas (`hcl_array.losses`, which runs everything, on every backend, and is what
 the tests hold this kernel to). JAX keeps the array-API code: XLA fuses it already.
 
@@ -29,6 +29,11 @@ Block by block (rows a:b of the anchors against all N columns; one block of N ro
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
     dL/du[a:b] += G u / tau,  dL/du += G^T u[a:b] / tau
 
+Sampled negatives (`_SampledPass`, the paper's own estimator): per block, the running sums of the
+weights along each row are the unnormalized CDF of q_i; each anchor's k uniforms (drawn once per call by
+`dispatch.compute`, the same numbers the array-API code turns into counts) pick their columns by
+inverse CDF, and the loss and G need only the k gathered similarities per anchor.
+
 The few operations that differ between NumPy-like modules and torch are an `ops` object: `NumpyOps`
 here (NumPy, or CuPy passed as the module), `TorchOps` in `backends/_torch_fused.py`.
 """
@@ -55,8 +60,6 @@ __all__ = ["supports", "value_and_grad", "numpy_like_loss", "numpy_loss", "Numpy
 
 def supports(config: LossConfig) -> str | None:
     """Why the kernel cannot compute `config` (the array-API code then does), or None when it can."""
-    if config.negatives != "expected":
-        return "sampled negatives are not fused"
     if type(config.hardening) not in (Uniform, ExponentialTilt):
         return "only uniform and exponential weights are fused"
     if config.form not in ("infonce", "supcon"):
@@ -178,6 +181,31 @@ class NumpyOps:
 
     def to_list(self, x: Array) -> list[int]:
         return [int(v) for v in x.tolist()]
+
+    def fill_(self, x: Array, value: float) -> None:
+        x.fill(value)
+
+    def cumsum_rows_(self, x: Array) -> Array:
+        return self.np.cumsum(x, axis=1, out=x)
+
+    def add_at_(self, x: Array, index: Array, values: Array) -> None:
+        self.np.add.at(x, index, values)  # repeated indices accumulate (a negative drawn twice)
+
+    def draw_columns(self, cumulative: Array, uniforms: Array) -> Array:
+        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
+
+        One 1-D search for the whole block, as `formulas.counts_from_uniforms` does: row r's CDF and draws
+        are shifted by 2r (both lie in [0, 1]), in float64 so that the shift costs no resolution.
+        """
+        xp = self.np
+        rows, n = cumulative.shape
+        total = cumulative[:, -1:].astype(xp.float64)
+        cdf = cumulative / xp.where(total > 0, total, 1.0)
+        offsets = 2.0 * xp.arange(rows, dtype=xp.float64)[:, None]
+        found = xp.searchsorted((cdf + offsets).reshape(-1), (uniforms + offsets).reshape(-1), side="right")
+        columns = found.reshape(uniforms.shape) - n * xp.arange(rows)[:, None]
+        last = (cdf < 1.0).sum(axis=1, keepdims=True)  # the last column with weight (its CDF is exactly 1)
+        return xp.clip(columns, 0, xp.minimum(last, n - 1))  # round-off (and NaN rows) stay in the row
 
 
 @dataclass
@@ -302,8 +330,9 @@ class _Pass:
         self.beta = _beta(config)
         self.slope = config.slope  # beta through undetached weights, else 0
         self.tilt = 1.0 + self.beta
-        # the product gives (1 + beta) s directly
-        self.columns, self.alpha = ops.gram_operands(u, self.tilt / config.temperature)
+        # the product gives (1 + beta) s directly (sampled negatives: s, which the draws gather)
+        self.similarity_scale = 1.0 if config.negatives == "sampled" else 1.0 / self.tilt
+        self.columns, self.alpha = ops.gram_operands(u, 1.0 / (self.similarity_scale * config.temperature))
         self.tilted_buffer, *spare = buffers
         self.weights_buffer = spare[0] if spare else None
         self.rows_per_block = self.tilted_buffer.shape[0]
@@ -329,7 +358,7 @@ class _Pass:
         tilted = ops.gram_into(_rows(self.u, a, b), self.columns, self.alpha, _rows(self.tilted_buffer, 0, b - a))
         same_row, same_col = self.batch.same_id_pairs(a, b, ops)
         pairs, flat = same_row * n + same_col, tilted.reshape(-1)  # 1-D gathers are the fastest on torch
-        similarity = ops.take(flat, pairs) / self.tilt  # s_ij on the same-id pairs, before the masking
+        similarity = ops.take(flat, pairs) * self.similarity_scale  # s_ij on the same-id pairs, before the masking
         if self.config.candidates == "other-ids":
             ops.fill_at_(flat, pairs, -math.inf)  # exp gives exact zeros off the candidates
         elif not self.config.include_self:
@@ -401,17 +430,96 @@ class _Pass:
         else:
             tilted *= _over(anchor_grad, tilted_total)
         ops.subtract_at_(flat, pairs, dl_dc)
+        self.accumulate_products(tilted, self.weights_buffer, a, b)
+
+    def accumulate_products(self, gradient: Array, spare: Array | None, a: int, b: int) -> None:
+        """dL/du += G u and G^T u[a:b] for the block's G (one product with G + G^T, made in `spare`, when symmetric)."""
+        ops = self.ops
         if self.symmetric:
-            ops.matmul_into(ops.add_transpose_into(tilted, self.weights_buffer), self.u, self.grad_u)
+            ops.matmul_into(ops.add_transpose_into(gradient, spare), self.u, self.grad_u)
         else:
-            ops.add_matmul_(_rows(self.grad_u, a, b), tilted, self.u)
-            ops.add_matmul_(self.grad_u, tilted.T, _rows(self.u, a, b))
+            ops.add_matmul_(_rows(self.grad_u, a, b), gradient, self.u)
+            ops.add_matmul_(self.grad_u, gradient.T, _rows(self.u, a, b))
+
+
+class _SampledPass(_Pass):
+    """`_Pass` for sampled negatives: k draws per anchor from q_i ~ eta(s_in) on the candidates, by inverse CDF.
+
+    Block by block, in the two (rows, N) buffers (the first keeps s, the second the weights, then G):
+
+        s = u[a:b] u^T / tau;  W = cumsum_n eta(s_in) on the candidates (exp(beta s - max) or 1, else 0)
+        n_it = first n with W_in > u_it W_iN  (the uniforms of `dispatch.compute`: the array-API code's draws)
+        c_i = log lambda_i - log k + LSE_t s_{i n_it},  p_it = softmax_t s_{i n_it}
+        G = r_i p_it added at (i, n_it) (a negative drawn twice counts twice), -w_ij dl/dc_ij at the positives
+
+    The weights are detached, as in the array-API code: there is no slope term.
+    """
+
+    def __init__(self, *args: Any, uniforms: Array) -> None:
+        super().__init__(*args)
+        self.uniforms = uniforms
+        self.log_draw_factor = (0.0 if self.log_lambda is None else self.log_lambda) - math.log(uniforms.shape[1])
+
+    def block(self, a: int, b: int) -> Array:
+        """Rows a:b: s, the CDF of the weights, the draws and their log-sum-exp, then the pair terms and G."""
+        ops, n = self.ops, self.n
+        rows = b - a
+        similarities = ops.gram_into(_rows(self.u, a, b), self.columns, self.alpha, _rows(self.tilted_buffer, 0, rows))
+        weights = _rows(self.weights_buffer, 0, rows)
+        same_row, same_col = self.batch.same_id_pairs(a, b, ops)
+        pairs, flat = same_row * n + same_col, similarities.reshape(-1)
+        self.cumulative_weights(similarities, weights, pairs, a)
+        columns = ops.draw_columns(weights, _rows(self.uniforms, a, b))
+        drawn_at = columns + ops.arange(0, rows, similarities)[:, None] * n
+        drawn = ops.take(flat, drawn_at.reshape(-1)).reshape(columns.shape)
+        peak = ops.row_max(drawn)
+        log_sum, sums = ops.exp_shifted_(drawn, peak)  # drawn <- its softmax times sums
+        anchor_term = (log_sum + self.log_draw_factor)[:, 0]
+        similarity = ops.take(flat, pairs)
+        total, dl_dc = self.pair_terms(anchor_term, similarity, same_row, same_col, a, b)
+        if self.grad_u is not None:
+            anchor_grad = ops.sum_by_row(dl_dc, same_row, rows)[:, None]
+            ops.fill_(weights, 0.0)
+            gradient = weights.reshape(-1)
+            ops.add_at_(gradient, drawn_at.reshape(-1), (drawn * _over(anchor_grad, sums)).reshape(-1))
+            ops.subtract_at_(gradient, pairs, dl_dc)
+            self.accumulate_products(weights, similarities, a, b)
+        return total
+
+    def cumulative_weights(self, similarities: Array, weights: Array, pairs: Array, a: int) -> None:
+        """weights <- the running sums along each row of eta(s_in) on the candidates (0 elsewhere)."""
+        ops = self.ops
+        off_candidates = -math.inf if self.beta else 0.0
+        if self.beta:  # eta = exp(beta s), shifted by the row max of the candidates
+            ops.scale_into(similarities, self.beta, weights)
+        else:
+            ops.fill_(weights, 1.0)
+        if self.config.candidates == "other-ids":
+            ops.fill_at_(weights.reshape(-1), pairs, off_candidates)
+        elif not self.config.include_self:
+            ops.fill_diagonal_(weights, a, off_candidates)
+        if self.beta:
+            ops.exp_shifted_(weights, ops.row_max(weights))
+        ops.cumsum_rows_(weights)
+
+
+def _row_norms(z: Array, ops: Any) -> Array:
+    """||z_i||: the plain sum of squares, or, when it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
+    (as `formulas.row_norms`; the test is one reduction of (N, 1), the rescaled pass runs only then)."""
+    norm = ops.row_norms(z)
+    if math.isfinite(float(norm.max())):
+        return norm
+    peak = ops.row_max(abs(z))
+    peak = peak + (peak == 0)  # a zero row stays zero
+    return ops.row_norms(z / peak) * peak
 
 
 def value_and_grad(
-    z: Array, ids: Array, config: LossConfig, ops: Any, *, want_grad: bool = True
+    z: Array, ids: Array, config: LossConfig, ops: Any, *, want_grad: bool = True, uniforms: Array | None = None
 ) -> tuple[Array, Array | None]:
     """(loss, dL/dz) of `config` on (N, d) rows z in the compute dtype; the gradient only when want_grad.
+
+    uniforms: the (N, k) U(0, 1) draws of sampled negatives (`dispatch.compute` makes them), else None.
 
     With u = g(z) = z / max(||z||, floor) (floor: 1 for "ball", ~0 for "sphere") and v = dL/du:
     dL/dz = (v - u (u.v) [||z|| > floor]) / max(||z||, floor).
@@ -426,20 +534,24 @@ def value_and_grad(
     if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
     rows_per_block = block_rows(config.tile, n)
-    two_blocks = _beta(config) or _symmetric(rows_per_block, n, want_grad)  # weights, or G + G^T
+    sampled = config.negatives == "sampled"
+    # a second block: the weights (tilt, or sampled: the CDF, then G), or G + G^T
+    two_blocks = sampled or _beta(config) or _symmetric(rows_per_block, n, want_grad)
     normalizing = config.normalize != "none"
     block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
     buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
     block_buffers = [next(buffers) for _ in block_shapes]
     if normalizing:
-        norm = ops.row_norms(z)
+        norm = _row_norms(z, ops)
         floor = norm_floor(config.normalize, z.dtype, ops.module)
         divisor = ops.maximum(norm, floor)
         u = ops.divide_into(z, divisor, next(buffers))
     else:
         u = z
     grad_u = next(buffers) if want_grad else None
-    value = _Pass(u, batch, config, block_buffers, grad_u, ops).run() * batch.scale
+    arguments = (u, batch, config, block_buffers, grad_u, ops)
+    one_pass = _SampledPass(*arguments, uniforms=uniforms) if sampled else _Pass(*arguments)
+    value = one_pass.run() * batch.scale
     if grad_u is None:
         return value, None
     factor = batch.scale / config.temperature
@@ -449,11 +561,13 @@ def value_and_grad(
     return value, ops.pull_back(grad_u, u, norm > floor, divisor * (1.0 / factor))
 
 
-def numpy_like_loss(z: Array, ids: Array, config: LossConfig, module: ModuleType, *, return_grad: bool) -> Any:
+def numpy_like_loss(
+    z: Array, ids: Array, config: LossConfig, module: ModuleType, *, uniforms: Array | None, return_grad: bool
+) -> Any:
     """The loss, or (loss, gradient) with return_grad, through the kernel on NumPy or CuPy (`module`)."""
     # a NaN or Inf in z is reported by the caller's test of the value, not by warnings from in here
     with np.errstate(invalid="ignore", over="ignore") if module is np else z.device:  # CuPy: buffers on z's GPU
-        value, grad = value_and_grad(z, ids, config, NumpyOps(module), want_grad=return_grad)
+        value, grad = value_and_grad(z, ids, config, NumpyOps(module), want_grad=return_grad, uniforms=uniforms)
     return (value, grad) if return_grad else value
 
 
@@ -461,5 +575,4 @@ def numpy_loss(
     z: Array, ids: Array, config: LossConfig, *, uniforms: Array | None = None, return_grad: bool = False
 ) -> Any:
     """The fused path's entry for NumPy arrays in the dispatch table."""
-    del uniforms  # expected negatives only (`supports`)
-    return numpy_like_loss(z, ids, config, np, return_grad=return_grad)
+    return numpy_like_loss(z, ids, config, np, uniforms=uniforms, return_grad=return_grad)

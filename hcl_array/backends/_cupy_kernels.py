@@ -15,8 +15,7 @@ from hcl_array.config import LossConfig
 
 def fused_loss(z: Any, ids: Any, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False) -> Any:
     """The fused path's entry for CuPy arrays: buffers on z's GPU."""
-    del uniforms  # expected negatives only (`fused.supports`)
-    return fused.numpy_like_loss(z, ids, config, cupy, return_grad=return_grad)
+    return fused.numpy_like_loss(z, ids, config, cupy, uniforms=uniforms, return_grad=return_grad)
 
 
 dispatch.register("fused", "cupy", fused_loss)

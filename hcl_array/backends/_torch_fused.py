@@ -158,32 +158,88 @@ class TorchOps:
     def to_list(x: torch.Tensor) -> list[int]:
         return x.tolist()
 
+    @staticmethod
+    def fill_(x: torch.Tensor, value: float) -> None:
+        x.fill_(value)
+
+    @staticmethod
+    def cumsum_rows_(x: torch.Tensor) -> torch.Tensor:
+        return x.cumsum_(1)
+
+    @staticmethod
+    def add_at_(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+        x.index_add_(0, index, values)  # repeated indices accumulate (a negative drawn twice)
+
+    @staticmethod
+    def draw_columns(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
+
+        u <= 1 - eps/2 (the largest number below 1 in the dtype) makes u * total < total after rounding, so
+        the draw never passes the last column with weight; float64 uniforms cast to float32 may round up
+        to 1, hence the clamp there. A NaN row (bad input, reported by the value) stays in the row.
+        """
+        total = cumulative[:, -1:]
+        below_one = 1.0 - torch.finfo(cumulative.dtype).eps / 2
+        if uniforms.dtype != cumulative.dtype:
+            uniforms = uniforms.clamp_max(below_one).to(cumulative.dtype)
+        columns = torch.searchsorted(cumulative, uniforms * total, right=True)
+        return columns.clamp_max_(cumulative.shape[1] - 1)
+
 
 class FusedLoss(torch.autograd.Function):
     """Forward: the value, and dL/dz when z needs a gradient. Backward: that gradient times the cotangent."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig) -> torch.Tensor:
-        value, grad = fused.value_and_grad(z, ids, config, TorchOps, want_grad=ctx.needs_input_grad[0])
+    def forward(
+        ctx: Any, z: torch.Tensor, ids: torch.Tensor, config: LossConfig, uniforms: torch.Tensor | None
+    ) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        value, grad = fused.value_and_grad(z, ids, config, TorchOps, want_grad=want_grad, uniforms=uniforms)
         if grad is not None:
             ctx.save_for_backward(grad)
         return value
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        return saved_gradient_times(ctx, cotangent)
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        return (*saved_gradient_times(ctx, cotangent), None)
 
 
 def fused_loss(
-    z: torch.Tensor, ids: torch.Tensor, config: LossConfig, *, uniforms: Any = None, return_grad: bool = False
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    config: LossConfig,
+    *,
+    uniforms: torch.Tensor | None = None,
+    return_grad: bool = False,
 ) -> Any:
     """The loss with autograd through `FusedLoss`, or (loss, gradient) when return_grad."""
-    del uniforms  # expected negatives only (`fused.supports`)
     if return_grad:
         with torch.no_grad():
-            return fused.value_and_grad(z, ids, config, TorchOps)
-    return FusedLoss.apply(z, ids, config)
+            return fused.value_and_grad(z, ids, config, TorchOps, uniforms=uniforms)
+    return FusedLoss.apply(z, ids, config, uniforms)
+
+
+class GradientGuard(torch.autograd.Function):
+    """Identity forward; the backward pass raises error() when the gradient holds NaN or Inf (an overflow)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, error: Any) -> torch.Tensor:
+        ctx.error = error
+        return z.view_as(z)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if not bool(torch.isfinite(grad).all()):
+            raise ctx.error()
+        return grad, None
+
+
+def guard_gradient(z: torch.Tensor, error: Any) -> torch.Tensor:
+    """z behind `GradientGuard` when autograd will differentiate the loss with respect to it."""
+    return GradientGuard.apply(z, error) if z.requires_grad and torch.is_grad_enabled() else z
 
 
 dispatch.register("fused", "torch", fused_loss)
+dispatch.register_gradient_guard("torch", guard_gradient)
