@@ -16,8 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._array_api import device, namespace
-from .checkpoint import CheckpointError, _fsync_directory
+from .checkpoint import CheckpointError, write_atomically
 from .embeddings_io import EmbeddingsFile, RunFiles, open_run
 
 __all__ = [
@@ -461,19 +459,5 @@ def history_csv(runs: Sequence[Run]) -> str:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder, fsync'ed, then os.replace."""
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+    """Write `text` (UTF-8) to `path` atomically (`checkpoint.write_atomically`)."""
+    return write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -20,10 +20,10 @@ import platform
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,6 +37,7 @@ __all__ = [
     "load_embeddings",
     "save_embeddings",
     "save_npz_atomic",
+    "write_atomically",
     "library_versions",
 ]
 
@@ -114,21 +115,18 @@ def library_versions() -> dict[str, str]:
 # Writing.
 
 
-def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an uncompressed .npz at exactly `path` (parent folders created), atomically.
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Create `path` (parent folders too) from `write(file)`, atomically.
 
     The data go to a temporary file in the same directory, are flushed and fsync'ed, and then
     os.replace puts them in place: a crash at any point leaves either the old file or the new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for key, value in arrays.items():
-        if np.asarray(value).dtype.hasobject:
-            raise CheckpointError(f"{path}: array {key!r} has an object dtype; only plain arrays are saved")
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            np.savez(handle, **arrays)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
@@ -137,6 +135,14 @@ def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write `arrays` as an uncompressed .npz at exactly `path` (parent folders created), atomically."""
+    for key, value in arrays.items():
+        if np.asarray(value).dtype.hasobject:
+            raise CheckpointError(f"{path}: array {key!r} has an object dtype; only plain arrays are saved")
+    return write_atomically(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import library_versions, load_checkpoint
+from ..checkpoint import library_versions, load_checkpoint, write_atomically
 from .claims import Claim, summarize
 from .presets import PAPER_REFERENCE, Preset, Setting, preset_fields
 from .runner import RunSpec
@@ -214,19 +212,8 @@ def report_markdown(report: Mapping[str, Any], *, level: int = 1, figures: str |
 
 
 def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `data` to `path` atomically (`checkpoint.write_atomically`)."""
+    return write_atomically(path, lambda handle: handle.write(data))
 
 
 def _figure_bytes(figure: Any) -> bytes:
