@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,3 +38,15 @@ def global_batch(layout: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | N
     """The global batch every test computes on: (B, V, d) views, or (N, d) rows with LABELS."""
     z = np.random.default_rng(seed).normal(size=(len(LABELS), VIEWS, DIM))
     return (z, None) if layout == "views" else (z[:, 0], LABELS)
+
+
+def error_messages(uses: dict[str, Callable[[], Any]]) -> dict[str, str]:
+    """Each wrong use's error as "Type: message" ("no error" when it raised none), for the parent to assert."""
+    messages = {}
+    for name, use in uses.items():
+        try:
+            use()
+            messages[name] = "no error"
+        except (TypeError, ValueError) as error:
+            messages[name] = f"{type(error).__name__}: {error}"
+    return messages

@@ -20,7 +20,7 @@ import pytest
 
 import hcl_array as hcl
 from hcl_array.training import TrainConfig, train
-from tests.distributed_cases import CASES, global_batch
+from tests.distributed_cases import CASES, error_messages, global_batch
 
 DEVICES = 4
 #: the torch tests run every case; here each costs an XLA compilation, so the cases that reach every part of
@@ -80,14 +80,7 @@ def _errors(mesh: Any) -> dict[str, str]:
         "group": lambda: hcl.ntxent(z, group=object()),
         "reduction": lambda: _mapped(mesh, lambda v: hcl.ntxent(v, axis_name="batch", reduction="none"), "views")(z),
     }
-    messages = {}
-    for name, use in uses.items():
-        try:
-            use()
-            messages[name] = "no error"
-        except (TypeError, ValueError) as error:
-            messages[name] = f"{type(error).__name__}: {error}"
-    return messages
+    return error_messages(uses)
 
 
 #: views, instance ids, augmentations, sampled negatives, plain SGD (a gradient off by the device count would show)

@@ -19,7 +19,7 @@ import pytest
 
 import hcl_array as hcl
 from hcl_array.training import TrainConfig, train
-from tests.distributed_cases import CASES, DIM, LABELS, VIEWS, global_batch
+from tests.distributed_cases import CASES, DIM, LABELS, VIEWS, error_messages, global_batch
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -99,14 +99,7 @@ def _errors(rank: int, sizes: list[int], world: Any) -> dict[str, str]:
             group=world,
         ),
     }
-    messages = {}
-    for name, use in uses.items():
-        try:
-            use()
-            messages[name] = "no error"
-        except (TypeError, ValueError) as error:
-            messages[name] = f"{type(error).__name__}: {error}"
-    return messages
+    return error_messages(uses)
 
 
 #: a run with views, instance ids, augmentations and sampled negatives; batches of 7 split 3 + 4
