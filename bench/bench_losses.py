@@ -66,7 +66,9 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
     rng = np.random.default_rng(0)
     z_host = rng.normal(size=(n, DIM)).astype(np.float32)
     labels_host = rng.integers(0, CLASSES, size=n)
-    sync = lambda: None  # noqa: E731
+
+    def sync() -> None:
+        return None
 
     if backend == "torch":
         import torch

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -484,7 +485,7 @@ def _uses_instance_ids(config: TrainConfig) -> bool:
 def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: int) -> tuple[Any, ...]:
     """(x, ids, indices, uniforms) of one batch on the backend; randomness from (seed, epoch, batch) only."""
     config, dataset, backend = run.config, run.dataset, run.backend
-    place = lambda array: backend.from_numpy(array, config.dtype, config.device)  # noqa: E731
+    place = partial(backend.from_numpy, dtype=config.dtype, device=config.device)
     if config.encoder == "free":
         x = None
     elif config.views == 1:

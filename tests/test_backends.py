@@ -200,7 +200,10 @@ def test_objective_analytic_gradient_matches_torch_autograd(loss: str, views: in
     params = encoders.init_params("mlp", input_dim=5, output_dim=4, hidden=6, seed=0)
     value, grads = objective.value_and_grad(params, x, ids, indices, uniforms)
     torch_backend = get_backend("torch")
-    as_torch = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
+
+    def as_torch(a):
+        return None if a is None else torch.tensor(a)
+
     torch_params = {name: torch.tensor(value) for name, value in params.items()}
     torch_value, torch_grads = torch_backend.value_and_grad(
         objective, torch_params, as_torch(x), as_torch(ids), as_torch(indices), as_torch(uniforms)

@@ -196,7 +196,10 @@ def test_reused_block_buffers_carry_nothing_from_one_call_to_the_next(backend, m
     The per-thread scratch buffers are fully rewritten by every call: A, B, A gives A's numbers exactly."""
     z, ids = batch(24, seed=12)
     other = np.random.default_rng(13).normal(size=z.shape) * 50.0
-    call = lambda x: value_and_grad(backend, hcl.hscl, x, ids, kernel=True, monkeypatch=monkeypatch, beta=3.0)  # noqa: E731
+
+    def call(x):
+        return value_and_grad(backend, hcl.hscl, x, ids, kernel=True, monkeypatch=monkeypatch, beta=3.0)
+
     first = call(z)
     call(other)
     again = call(z)

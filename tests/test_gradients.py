@@ -18,7 +18,7 @@ from tests import cases
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
+jnp = jax.numpy
 
 DENSE = {"kernel": "array_api", "tile": None}
 

@@ -37,7 +37,10 @@ def test_callback_in_a_single_process_trainer(tmp_path, hook):
     module = TinyEncoder(return_embeddings=hook == "outputs")
     embed = None
     if hook == "embed":
-        embed = lambda module, batch: (torch.as_tensor(module.seen[-1][0]), batch[1])  # noqa: E731 - the documented function hook
+
+        def embed(module, batch):  # the documented function hook
+            return torch.as_tensor(module.seen[-1][0]), batch[1]
+
     elif hook == "method":
         module.collapse_embeddings = lambda batch: (torch.as_tensor(module.seen[-1][0]), batch[1])
     callback = CollapseCallback(NUM_CLASSES, embed=embed)
