@@ -17,8 +17,9 @@ from tests import cases
 from tests.conftest import assert_close
 
 
-def _default_path(backend: str, name: str, negatives: str) -> str:
-    kernel_serves = backend in cases.SERVES["fused"] and cases.LOSSES[name].fused and negatives == "expected"
+def _default_path(backend: str, name: str) -> str:
+    """The kernel takes expected and sampled negatives alike where it serves the backend and the loss."""
+    kernel_serves = backend in cases.SERVES["fused"] and cases.LOSSES[name].fused
     return "fused" if kernel_serves else "dense"
 
 
@@ -35,7 +36,7 @@ def test_backends_agree_with_numpy_on_the_default_path(backend, name, negatives,
     reference = cases.value_and_gradient("numpy", cases.LOSSES[name].function, z, ids, **options)
     ran = cases.record_paths(monkeypatch)
     value, grad = cases.value_and_gradient(backend, cases.LOSSES[name].function, z, ids, jit=True, **options)
-    path = _default_path(backend, name, negatives)
+    path = _default_path(backend, name)
     assert set(ran) == {(path, cases.implemented_in(path, backend))}
     assert_close(value, reference[0], rtol=1e-10, atol=0)
     assert_close(grad, reference[1], rtol=1e-10, atol=1e-12)
@@ -50,6 +51,6 @@ def test_numpy_default_path(name, negatives, monkeypatch):
     draws = cases.uniforms(48, 32) if negatives == "sampled" else None
     ran = cases.record_paths(monkeypatch)
     value = cases.LOSSES[name].function(z, ids, **cases.loss_options(name, row), uniforms=draws)
-    path = _default_path("numpy", name, negatives)
+    path = _default_path("numpy", name)
     assert set(ran) == {(path, cases.implemented_in(path, "numpy"))}
     assert_close(value, cases.reference_value(name, z, ids, row, draws), rtol=1e-11, atol=1e-13)
