@@ -7,7 +7,6 @@ directly; NumPy and CuPy take the analytic backward pass (`value_and_grad`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +15,12 @@ from .config import LossConfig
 from .formulas import (
     anchor_scale,
     anchor_terms,
-    counts_from_uniforms,
     hardening_weights,
     normalize_embeddings,
     normalize_vjp,
     pair_losses,
     pair_masks,
+    sampled_log_weights,
     scaled_gram,
     similarity_grad,
 )
@@ -46,20 +45,6 @@ class Pieces:
     dl_ds: Array
 
 
-def _sampled_weights(log_weights: Array, support: Array, uniforms: Array) -> tuple[Array, Array]:
-    """log of the draw counts of k negatives per anchor from the detached q_i, and their support."""
-    xp = aa.namespace(log_weights)
-    log_weights = aa.stop_gradient(log_weights)
-    log_norm, _ = aa.masked_logsumexp(log_weights, support)
-    # -inf (exp: 0) off the support, before exp: there log w may be anything (beta s_ii of an anchor
-    # without candidates, say), even beyond the range of exp
-    probabilities = xp.exp(xp.where(support, log_weights - log_norm[:, None], -math.inf))
-    counts = counts_from_uniforms(probabilities, support, uniforms)
-    support = counts > 0
-    log_counts = xp.log(xp.where(support, xp.astype(counts, log_weights.dtype), xp.ones_like(log_weights)))
-    return log_counts, support
-
-
 def forward(
     z: Array, ids: Array, config: LossConfig, uniforms: Array | None, *, need_grad: bool
 ) -> tuple[Array, Pieces]:
@@ -73,7 +58,7 @@ def forward(
     positives, candidate_mask = pair_masks(ids, ids, 0, candidates=config.candidates, include_self=config.include_self)
     log_weights, support = hardening_weights(config.hardening, similarity, candidate_mask, config.detach_weights)
     if config.negatives == "sampled":
-        log_weights, support = _sampled_weights(log_weights, support, uniforms)
+        log_weights, support = sampled_log_weights(log_weights, support, uniforms)
     anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
         log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
     )

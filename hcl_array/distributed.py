@@ -34,13 +34,13 @@ from . import tiled
 from .config import LossConfig, check_inputs, reject_non_finite, restore_views
 from .formulas import (
     anchor_terms,
-    counts_from_uniforms,
     hardening_weights,
     normalize_embeddings,
     normalize_vjp,
     pair_losses,
     pair_masks,
     row_weight,
+    sampled_log_weights,
     scaled_gram,
     similarity_grad,
 )
@@ -131,11 +131,7 @@ def _block(u: Array, ids: Array, first_row: Any, rows: tuple, config: LossConfig
     sampled = config.negatives == "sampled"
     log_weights, support = hardening_weights(config.hardening, similarity, candidate_mask, detach=sampled)
     if sampled:
-        xp = aa.namespace(similarity)
-        log_norm, _ = aa.masked_logsumexp(log_weights, support)
-        counts = counts_from_uniforms(xp.exp(log_weights - log_norm[:, None]), support, row_uniforms)
-        support = counts > 0
-        log_weights = xp.log(xp.where(support, xp.astype(counts, similarity.dtype), xp.ones_like(similarity)))
+        log_weights, support = sampled_log_weights(log_weights, support, row_uniforms)
     return similarity, positives, candidate_mask, log_weights, support
 
 

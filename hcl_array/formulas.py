@@ -39,6 +39,7 @@ __all__ = [
     "pair_masks",
     "row_norms",
     "row_weight",
+    "sampled_log_weights",
     "scaled_gram",
     "similarity_grad",
     "softplus_and_slope",
@@ -110,6 +111,21 @@ def counts_from_uniforms(weights: Array, support: Array, uniforms: Array) -> Arr
     )
     previous = xp.concat([xp.zeros_like(below[:, :1]), below[:, :-1]], axis=1)
     return xp.where(total > 0, below - previous, xp.zeros_like(below))
+
+
+def sampled_log_weights(log_weights: Array, support: Array, uniforms: Array) -> tuple[Array, Array]:
+    """log c_in, the draw counts of k negatives per anchor from the detached q_i (`uniforms`: (rows, k)),
+    and their support {n : c_in > 0}; the dense, distributed and naive paths share these draws."""
+    xp = aa.namespace(log_weights)
+    log_weights = aa.stop_gradient(log_weights)
+    log_norm, _ = aa.masked_logsumexp(log_weights, support)
+    # -inf (exp: 0) off the support, before exp: there log w may be anything (beta s_ii of an anchor
+    # without candidates, say), even beyond the range of exp
+    probabilities = xp.exp(xp.where(support, log_weights - log_norm[:, None], -math.inf))
+    counts = counts_from_uniforms(probabilities, support, uniforms)
+    support = counts > 0
+    log_counts = xp.log(xp.where(support, xp.astype(counts, log_weights.dtype), xp.ones_like(log_weights)))
+    return log_counts, support
 
 
 def uniform_draws(rng: Any, uniforms: Array | None, shape: tuple[int, int], xp: Any, like: Array) -> Array:
