@@ -92,6 +92,11 @@ def _fused_refusal(config: LossConfig, family: str, n: int) -> str | None:
     return "the batch is empty" if n == 0 else fused.supports(config)
 
 
+def _distributed(config: LossConfig, group: Any) -> bool:
+    """Whether the call spans devices: a torch ProcessGroup (group=) or a JAX mesh axis (axis_name=)."""
+    return group is not None or config.axis_name is not None
+
+
 def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -> str:
     """The path for a call on n rows of `family`: "distributed", "fused", "tiled" or "dense".
 
@@ -102,7 +107,7 @@ def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -
     computes; otherwise dense. kernel="fused" raises instead of falling back; kernel="array_api"
     never takes the kernel. An integer tile the tiled path cannot honour raises ValueError.
     """
-    if group is not None or config.axis_name is not None:
+    if _distributed(config, group):
         return "distributed"
     refusal = None if config.kernel == "array_api" else _fused_refusal(config, family, n)
     if config.kernel != "array_api" and refusal is None:
@@ -133,7 +138,7 @@ def compute(
 
     Returns the value, or (value, dL/dembeddings) in the embeddings' layout and dtype with return_grad.
     """
-    if group is not None or config.axis_name is not None:  # the "distributed" path of choose_path
+    if _distributed(config, group):  # before the local checks: every rank must agree on them first
         return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
     embeddings = _guard_gradient(embeddings, config, return_grad)
     xp, z, ids = check_inputs(embeddings, ids)
