@@ -1,0 +1,208 @@
+"""Inverse-CDF draws on the CPU through a guide table: k columns per row from each row's running sums.
+
+    column_t = #{n : F_n <= u_t W}     (F: a row's running sums of its weights, W = F_{N-1} its total)
+
+is the first column whose running sum exceeds u_t W, what `searchsorted(F, u W, side="right")` returns row
+by row. A binary search per draw is the slow part of sampled negatives on a CPU (about 80 ns per draw in
+torch, mostly mispredicted branches), so this module finds the same columns in a few whole-array passes
+(Chen and Asau's guide table, vectorized):
+
+1. Bins. H(x) = floor(x * B / W) with B a power of two >= the row's boundaries. Every C-th running sum is
+   a boundary (C = `stride(N, k)`; C = 1 is every column), and each boundary gets its bin H(F).
+2. The table. A histogram of the boundaries' bins, summed: E[b] = #{boundaries with H < b}.
+3. The bracket. H is nondecreasing (rounding is monotone), so for a draw with bin b = H(u W) every
+   boundary with H < b lies at or below u W, every one with H > b above it: the column lies in
+   [C * E[b], C * E[b + 1] + C - 1], and the widest bracket of the table bounds every draw's.
+4. The search. A branch-free binary search inside the bracket: log2(widest bracket) passes of gather,
+   compare and add over all draws at once. Probes past the bracket read larger sums and never move; a
+   probe past the row's end reads its last column (W, above every u W).
+
+With the paper's weights a bracket holds a few columns (two to three passes); very uneven weights widen
+some brackets, and the search then takes up to log2(N) passes, never more. The columns are exactly
+searchsorted's, for any weights (tests: `test_inverse_cdf.py`). u W < W for u < 1 in the sums' dtype,
+so a draw never passes the last column with weight; a row whose total is not a finite positive number
+(a NaN in the input, reported by the loss's value) draws from its columns uniformly.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["draw_columns", "stride"]
+
+#: Draws per block of rows, on one thread and on several: small blocks keep the scratch arrays in a core's
+#: cache through all the passes; on several threads larger ones, so that the GIL, held between passes,
+#: is not what they wait on (measured: docs/performance.md).
+BLOCK_DRAWS = 32768
+THREADED_BLOCK_DRAWS = 65536
+_workspace = threading.local()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def stride(columns: int, draws: int) -> int:
+    """C: the largest power of two <= columns / draws dividing `columns` (1 when draws >= columns / 2).
+
+    About one boundary per draw balances the table's passes (over rows * N / C entries) against the
+    search's (one more per doubling of C, over rows * k draws).
+    """
+    c = 1
+    while 2 * c * draws <= columns and columns % (2 * c) == 0:
+        c *= 2
+    return c
+
+
+def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray, *, threads: int = 1) -> np.ndarray:
+    """(rows, k) int64 columns #{n : F_in <= u W_i} (at most N - 1) of row i's uniforms sorted ascending.
+
+    The order of a row's draws is not kept (a loss over draws with replacement does not depend on it).
+    cumulative: (rows, N) running sums of nonnegative weights, read only (a bad row is replaced in a copy).
+    uniforms: (rows, k) numbers in [0, 1); the comparison runs in the wider of the two dtypes.
+    threads: blocks of rows run on this many threads (NumPy releases the GIL inside each pass).
+    """
+    rows, k = uniforms.shape
+    cumulative = _with_good_totals(cumulative)
+    dtype = np.result_type(cumulative.dtype, uniforms.dtype)
+    columns = np.empty((rows, k), np.int64)
+    block = max(1, min(rows, (THREADED_BLOCK_DRAWS if threads > 1 else BLOCK_DRAWS) // k))
+
+    def draw_block(a: int) -> None:
+        b = min(a + block, rows)
+        _draw_block(cumulative[a:b], uniforms[a:b], columns[a:b], block, dtype)
+
+    starts = range(0, rows, block)
+    if threads > 1 and len(starts) > 1:
+        list(_pool(threads).map(draw_block, starts))
+    else:
+        for a in starts:
+            draw_block(a)
+    return columns
+
+
+def _draw_block(cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, capacity: int, dtype: np.dtype) -> None:
+    """draw_columns on one block of rows, into out, with this thread's scratch arrays (for `capacity` rows)."""
+    rows, n = cumulative.shape
+    c = stride(n, uniforms.shape[1])
+    bins = 1 << max(n // c - 1, 1).bit_length()  # B >= the row's boundaries
+    work = _buffers(capacity, n, uniforms.shape[1], c, bins, (cumulative.dtype, dtype), rows)
+    draws = work["draws"]
+    np.copyto(draws, uniforms)
+    draws.sort(axis=1)  # each pass's probes then walk each row forward, which the memory prefetches
+    totals = cumulative[:, -1:].astype(dtype)
+    draws *= totals  # u W, in the comparison's dtype
+    bin_scale = bins / totals  # H(x) = floor(x * bin_scale)
+    table, fullest_bin = _guide_table(cumulative[:, c - 1 :: c], bin_scale, work)
+    start = _brackets(table, draws, bin_scale, work)
+    if c > 1:
+        start *= c
+    _search(cumulative.reshape(-1), draws, start, fullest_bin * c + c - 1, n, work)
+    np.clip(start, 0, n - 1, out=out)
+
+
+def _with_good_totals(cumulative: np.ndarray) -> np.ndarray:
+    """The running sums, with every row whose total is not a finite positive number made uniform (in a copy)."""
+    totals = cumulative[:, -1]
+    good = np.isfinite(totals) & (totals > 0)
+    if good.all():
+        return cumulative
+    repaired = cumulative.copy()
+    repaired[~good] = np.arange(1, cumulative.shape[1] + 1, dtype=cumulative.dtype)
+    return repaired
+
+
+def _guide_table(boundaries: np.ndarray, bin_scale: np.ndarray, work: dict) -> tuple[np.ndarray, int]:
+    """E with E[i (B + 1) + b] = i * boundaries per row + #{boundaries of row i with H < b}, and the most
+    boundaries sharing one bin."""
+    keys = work["keys"]
+    np.multiply(boundaries, bin_scale, out=work["scaled_keys"])
+    np.copyto(keys, work["scaled_keys"], casting="unsafe")  # floor: the values are >= 0
+    keys += work["row_bins"]
+    table = work["table"]
+    table.fill(0)
+    np.add.at(table[1:], keys.reshape(-1), 1)  # table[j + 1]: boundaries in global bin j
+    fullest_bin = int(table.max())
+    np.cumsum(table, out=table)
+    return table, fullest_bin
+
+
+def _brackets(table: np.ndarray, draws: np.ndarray, bin_scale: np.ndarray, work: dict) -> np.ndarray:
+    """For each draw, the boundaries strictly below its bin (global count: row i starts at i * boundaries).
+
+    H(u W) <= B: u W < W, and W * fl(B / W) rounds to less than B + 1."""
+    draw_keys = work["draw_keys"]
+    np.multiply(draws, bin_scale, out=work["scaled_draws"])
+    np.copyto(draw_keys, work["scaled_draws"], casting="unsafe")
+    draw_keys += work["row_bins"]
+    return np.take(table, draw_keys, out=work["start"], mode="clip")
+
+
+def _search(flat: np.ndarray, draws: np.ndarray, start: np.ndarray, widest: int, n: int, work: dict) -> None:
+    """start <- each draw's column in its row: a binary search over [start, start + widest], in place.
+
+    The window of 2^m >= widest + 1 columns is moved back to end at the row's last column where it would
+    pass it, so that no probe leaves the row (the column lies in the window either way)."""
+    span = 1 << widest.bit_length()
+    whole_row = span > n  # a bracket as wide as the row: search the whole row, clamping the probes to it
+    if whole_row:
+        span = 1 << (n - 1).bit_length()
+        start[...] = work["row_first"]
+    else:
+        np.minimum(start, work["row_last"] - (span - 1), out=start)
+    probe, values, below = work["probe"], work["values"], work["below"]
+    step = span // 2
+    while step:
+        np.add(start, step - 1, out=probe)
+        if whole_row:
+            np.minimum(probe, work["row_last"], out=probe)
+        np.take(flat, probe, out=values, mode="clip")
+        np.less_equal(values, draws, out=below)
+        if step == 1:
+            start += below
+        else:
+            np.multiply(below, step, out=probe)
+            start += probe
+        step //= 2
+    start -= work["row_first"]
+
+
+def _buffers(capacity: int, n: int, k: int, c: int, bins: int, dtypes: tuple[np.dtype, np.dtype], rows: int) -> dict:
+    """This thread's scratch arrays for blocks of up to `capacity` rows (dtypes: the sums' and the comparison's),
+    kept from its last block of the same shapes; returned as views of the first `rows` rows."""
+    key = (capacity, n, k, c, bins, dtypes)
+    cached = getattr(_workspace, "arrays", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _new_buffers(capacity, n, k, n // c, bins, dtypes))
+        _workspace.arrays = cached
+    work = cached[1]
+    if rows == capacity:
+        return work
+    view = {name: array[:rows] for name, array in work.items() if name != "table"}
+    return {**view, "table": work["table"][: rows * (bins + 1) + 1]}
+
+
+def _new_buffers(rows: int, n: int, k: int, boundaries: int, bins: int, dtypes: tuple[np.dtype, np.dtype]) -> dict:
+    row = np.arange(rows, dtype=np.int64)[:, None]
+    sums_dtype, dtype = dtypes
+    return {
+        "draws": np.empty((rows, k), dtype),
+        "scaled_draws": np.empty((rows, k), dtype),
+        "draw_keys": np.empty((rows, k), np.int64),
+        "start": np.empty((rows, k), np.int64),
+        "probe": np.empty((rows, k), np.int64),
+        "values": np.empty((rows, k), sums_dtype),
+        "below": np.empty((rows, k), bool),
+        "scaled_keys": np.empty((rows, boundaries), dtype),
+        "keys": np.empty((rows, boundaries), np.int64),
+        "table": np.empty(rows * (bins + 1) + 1, np.int64),
+        "row_bins": row * (bins + 1),
+        "row_first": row * n,
+        "row_last": row * n + (n - 1),
+    }
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hcl-inverse-cdf")
+    return _pools[threads]
