@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from . import inverse_cdf
 from .config import LossConfig
 from .formulas import norm_floor
 from .hardening import ExponentialTilt, Uniform
@@ -194,10 +195,13 @@ class NumpyOps:
     def draw_columns(self, cumulative: Array, uniforms: Array) -> Array:
         """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
 
-        One 1-D search for the whole block, as `formulas.counts_from_uniforms` does: row r's CDF and draws
-        are shifted by 2r (both lie in [0, 1]), in float64 so that the shift costs no resolution.
+        NumPy: `inverse_cdf.draw_columns` (a guide table; columns of the draws sorted per row). CuPy: one 1-D
+        search for the whole block, as `formulas.counts_from_uniforms` does: row r's CDF and draws are
+        shifted by 2r (both lie in [0, 1]), in float64 so that the shift costs no resolution.
         """
         xp = self.np
+        if xp is np:
+            return inverse_cdf.draw_columns(cumulative, uniforms)
         rows, n = cumulative.shape
         total = cumulative[:, -1:].astype(xp.float64)
         cdf = cumulative / xp.where(total > 0, total, 1.0)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from hcl_array import dispatch, fused
+from hcl_array import dispatch, fused, inverse_cdf
 from hcl_array.backends._torch_autograd import saved_gradient_times
 from hcl_array.config import LossConfig
 
@@ -174,10 +174,15 @@ class TorchOps:
     def draw_columns(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
 
-        u <= 1 - eps/2 (the largest number below 1 in the dtype) makes u * total < total after rounding, so
-        the draw never passes the last column with weight; float64 uniforms cast to float32 may round up
-        to 1, hence the clamp there. A NaN row (bad input, reported by the value) stays in the row.
+        On the CPU, `inverse_cdf.draw_columns` on the same memory (a guide table: torch.searchsorted's binary
+        search per draw costs about 80 ns there). On a GPU, torch.searchsorted: u <= 1 - eps/2 (the largest
+        number below 1 in the dtype) makes u * total < total after rounding, so the draw never passes the
+        last column with weight; float64 uniforms cast to float32 may round up to 1, hence the clamp there.
+        A NaN row (bad input, reported by the value) stays in the row.
         """
+        if cumulative.device.type == "cpu":
+            columns = inverse_cdf.draw_columns(cumulative.numpy(), uniforms.numpy(), threads=torch.get_num_threads())
+            return torch.from_numpy(columns)
         total = cumulative[:, -1:]
         below_one = 1.0 - torch.finfo(cumulative.dtype).eps / 2
         if uniforms.dtype != cumulative.dtype:
