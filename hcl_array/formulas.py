@@ -98,7 +98,9 @@ def counts_from_uniforms(weights: Array, support: Array, uniforms: Array) -> Arr
     xp = aa.namespace(weights, uniforms)
     n, k = uniforms.shape
     columns = weights.shape[1]  # N, or the global batch for a block of anchors (hcl_array.distributed)
-    dtype = uniforms.dtype
+    # float64 where the device has it: the row shifts must leave the CDF its resolution
+    dtype = xp.float64 if aa.supports_float64(xp, aa.device(uniforms)) else uniforms.dtype
+    uniforms = xp.astype(uniforms, dtype)
     q = xp.where(support, xp.astype(weights, dtype), xp.zeros((n, columns), dtype=dtype, device=aa.device(weights)))
     cdf = xp.cumulative_sum(q, axis=1)
     total = cdf[:, -1:]
@@ -129,16 +131,22 @@ def sampled_log_weights(log_weights: Array, support: Array, uniforms: Array) -> 
 
 
 def uniform_draws(rng: Any, uniforms: Array | None, shape: tuple[int, int], xp: Any, like: Array) -> Array:
-    """U(0, 1) draws for sampled negatives: given, or from a NumPy generator (same numbers on every backend)."""
-    dtype = xp.float64 if aa.supports_float64(xp, aa.device(like)) else xp.float32
+    """U(0, 1) draws for sampled negatives: given, or from a NumPy generator (same numbers on every backend).
+
+    Given uniforms keep float64 where the device has it. Drawn ones come in float64 for float64 input and
+    in float32 otherwise (the kernel's inverse CDF sorts and compares them in that dtype; float32 numbers
+    lie in [0, 1 - 2^-24], so u W stays below W).
+    """
+    wide = xp.float64 if aa.supports_float64(xp, aa.device(like)) else xp.float32
     if uniforms is not None:
         if tuple(uniforms.shape) != shape:
             raise ValueError(f"uniforms must have shape (N, k) = {shape}, got {tuple(uniforms.shape)}")
-        return xp.asarray(uniforms, dtype=dtype, device=aa.device(like))  # also takes NumPy draws
+        return xp.asarray(uniforms, dtype=wide, device=aa.device(like))  # also takes NumPy draws
     if rng is None:
         raise ValueError("negatives='sampled' needs a random source: pass rng=<seed or numpy Generator> or uniforms=")
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return xp.asarray(generator.random(shape), dtype=dtype, device=aa.device(like))
+    host_dtype = np.float64 if wide == xp.float64 and like.dtype == xp.float64 else np.float32
+    return xp.asarray(generator.random(shape, dtype=host_dtype), device=aa.device(like))
 
 
 def pair_losses(
