@@ -120,6 +120,11 @@ class NumpyOps:
         sums = x.sum(axis=1, keepdims=True)
         return self.np.log(sums) + peak, sums
 
+    def exp_rows_(self, x: Array) -> None:
+        """x <- exp(x - max) row by row, in place: weights up to a factor per row (for a CDF)."""
+        x -= x.max(axis=1, keepdims=True)
+        self.np.exp(x, out=x)
+
     def scale_into(self, x: Array, factor: float, out: Array) -> Array:
         return self.np.multiply(x, factor, out=out)
 
@@ -503,7 +508,7 @@ class _SampledPass(_Pass):
         elif not self.config.include_self:
             ops.fill_diagonal_(weights, a, off_candidates)
         if self.beta:
-            ops.exp_shifted_(weights, ops.row_max(weights))
+            ops.exp_rows_(weights)
         ops.cumsum_rows_(weights)
 
 

@@ -27,19 +27,16 @@ so a draw never passes the last column with weight; a row whose total is not a f
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 __all__ = ["draw_columns", "stride"]
 
-#: Draws per block of rows, on one thread and on several: small blocks keep the scratch arrays in a core's
-#: cache through all the passes; on several threads larger ones, so that the GIL, held between passes,
-#: is not what they wait on (measured: docs/performance.md).
-BLOCK_DRAWS = 32768
-THREADED_BLOCK_DRAWS = 65536
+#: Draws per block of rows: the block's scratch arrays (about 2 MiB) stay in the caches through all the
+#: passes, and each pass is long enough that the Python between passes costs little (measured inside
+#: the torch kernel at N = 512 and 2048: 16k to 128k draws, 65,536 the fastest).
+BLOCK_DRAWS = 65536
 _workspace = threading.local()
-_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def stride(columns: int, draws: int) -> int:
@@ -54,30 +51,22 @@ def stride(columns: int, draws: int) -> int:
     return c
 
 
-def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray, *, threads: int = 1) -> np.ndarray:
+def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """(rows, k) int64 columns #{n : F_in <= u W_i} (at most N - 1) of row i's uniforms sorted ascending.
 
     The order of a row's draws is not kept (a loss over draws with replacement does not depend on it).
     cumulative: (rows, N) running sums of nonnegative weights, read only (a bad row is replaced in a copy).
     uniforms: (rows, k) numbers in [0, 1); the comparison runs in the wider of the two dtypes.
-    threads: blocks of rows run on this many threads (NumPy releases the GIL inside each pass).
+    One thread: inside torch's kernel a second (Python) thread only contends with torch's own.
     """
     rows, k = uniforms.shape
     cumulative = _with_good_totals(cumulative)
     dtype = np.result_type(cumulative.dtype, uniforms.dtype)
     columns = np.empty((rows, k), np.int64)
-    block = max(1, min(rows, (THREADED_BLOCK_DRAWS if threads > 1 else BLOCK_DRAWS) // k))
-
-    def draw_block(a: int) -> None:
+    block = max(1, min(rows, BLOCK_DRAWS // k))
+    for a in range(0, rows, block):
         b = min(a + block, rows)
         _draw_block(cumulative[a:b], uniforms[a:b], columns[a:b], block, dtype)
-
-    starts = range(0, rows, block)
-    if threads > 1 and len(starts) > 1:
-        list(_pool(threads).map(draw_block, starts))
-    else:
-        for a in starts:
-            draw_block(a)
     return columns
 
 
@@ -98,7 +87,7 @@ def _draw_block(cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, c
     if c > 1:
         start *= c
     _search(cumulative.reshape(-1), draws, start, fullest_bin * c + c - 1, n, work)
-    np.clip(start, 0, n - 1, out=out)
+    np.minimum(start, n - 1, out=out)  # n only when u W rounded up to W
 
 
 def _with_good_totals(cumulative: np.ndarray) -> np.ndarray:
@@ -200,9 +189,3 @@ def _new_buffers(rows: int, n: int, k: int, boundaries: int, bins: int, dtypes: 
         "row_first": row * n,
         "row_last": row * n + (n - 1),
     }
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hcl-inverse-cdf")
-    return _pools[threads]

@@ -43,15 +43,26 @@ def _searchsorted_rows(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarr
 @pytest.mark.parametrize("seed", range(48))
 def test_columns_match_a_binary_search_per_row(seed):
     """Random shapes (odd and power-of-two N, k below and above N, several blocks of rows), every weight
-    kind, float32 and float64 sums and uniforms, one and two threads."""
+    kind, float32 and float64 sums and uniforms."""
     rng = np.random.default_rng(seed)
-    rows, n, k = int(rng.integers(1, 300)), int(rng.choice([1, 2, 7, 64, 255, 512, 700])), int(rng.integers(1, 400))
+    rows, n, k = int(rng.integers(1, 600)), int(rng.choice([1, 2, 7, 64, 255, 512, 700])), int(rng.integers(1, 400))
     kind = WEIGHT_KINDS[seed % len(WEIGHT_KINDS)]
     sums_dtype, uniform_dtype = [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)][seed % 3]
     cumulative = np.cumsum(_weights(kind, rows, n, rng), axis=1).astype(sums_dtype)
     uniforms = rng.random((rows, k)).astype(uniform_dtype)
     expected = _searchsorted_rows(cumulative, uniforms)
-    np.testing.assert_array_equal(inverse_cdf.draw_columns(cumulative, uniforms, threads=1 + seed % 2), expected)
+    np.testing.assert_array_equal(inverse_cdf.draw_columns(cumulative, uniforms), expected)
+
+
+def test_blocks_of_rows_join_up():
+    """700 rows of 256 draws: blocks of 256 rows (`BLOCK_DRAWS` // k), the last one partial."""
+    rng = np.random.default_rng(7)
+    cumulative = np.cumsum(_weights("tilted", 700, 300, rng), axis=1).astype(np.float32)
+    uniforms = rng.random((700, 256), dtype=np.float32)
+    assert inverse_cdf.BLOCK_DRAWS // 256 < 700
+    np.testing.assert_array_equal(
+        inverse_cdf.draw_columns(cumulative, uniforms), _searchsorted_rows(cumulative, uniforms)
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -88,6 +88,15 @@ class TorchOps:
         return peak - torch.log(x.amax(dim=1, keepdim=True)), None  # softmax at the max is exp(max - LSE)
 
     @staticmethod
+    def exp_rows_(x: torch.Tensor) -> None:
+        """x <- exp(x - shift) row by row, in place, up to a factor per row (for a CDF): the softmax kernel on the
+        CPU (no log-sum-exp needed), else the row max."""
+        if x.device.type == "cpu":
+            torch.softmax(x, dim=1, out=x)
+        else:
+            x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+
+    @staticmethod
     def scale_into(x: torch.Tensor, factor: float, out: torch.Tensor) -> torch.Tensor:
         return torch.mul(x, factor, out=out)
 
@@ -181,8 +190,7 @@ class TorchOps:
         A NaN row (bad input, reported by the value) stays in the row.
         """
         if cumulative.device.type == "cpu":
-            columns = inverse_cdf.draw_columns(cumulative.numpy(), uniforms.numpy(), threads=torch.get_num_threads())
-            return torch.from_numpy(columns)
+            return torch.from_numpy(inverse_cdf.draw_columns(cumulative.numpy(), uniforms.numpy()))
         total = cumulative[:, -1:]
         below_one = 1.0 - torch.finfo(cumulative.dtype).eps / 2
         if uniforms.dtype != cumulative.dtype:
