@@ -7,21 +7,23 @@ by row. A binary search per draw is the slow part of sampled negatives on a CPU 
 torch, mostly mispredicted branches), so this module finds the same columns in a few whole-array passes
 (Chen and Asau's guide table, vectorized):
 
-1. Bins. H(x) = floor(x * B / W) with B a power of two >= the row's boundaries. Every C-th running sum is
-   a boundary (C = `stride(N, k)`; C = 1 is every column), and each boundary gets its bin H(F).
+1. Bins. H(x) = floor(x * B / W) with B a power of two >= twice the row's boundaries. Every C-th running
+   sum is a boundary (C = `stride(N, k)`; C = 1 is every column), and each boundary gets its bin H(F).
 2. The table. A histogram of the boundaries' bins, summed: E[b] = #{boundaries with H < b}.
 3. The bracket. H is nondecreasing (rounding is monotone), so for a draw with bin b = H(u W) every
    boundary with H < b lies at or below u W, every one with H > b above it: the column lies in
-   [C * E[b], C * E[b + 1] + C - 1], and the widest bracket of the table bounds every draw's.
+   [C * E[b], C * E[b + 1] + C - 1], and the fullest bin of the table bounds every draw's bracket.
 4. The search. A branch-free binary search inside the bracket: log2(widest bracket) passes of gather,
-   compare and add over all draws at once. Probes past the bracket read larger sums and never move; a
-   probe past the row's end reads its last column (W, above every u W).
+   compare and add over all draws at once. Probes past the bracket read larger sums and never move it;
+   a window that would pass the row's end is moved back to end there, so no probe leaves the row.
 
-With the paper's weights a bracket holds a few columns (two to three passes); very uneven weights widen
-some brackets, and the search then takes up to log2(N) passes, never more. The columns are exactly
-searchsorted's, for any weights (tests: `test_inverse_cdf.py`). u W < W for u < 1 in the sums' dtype,
-so a draw never passes the last column with weight; a row whose total is not a finite positive number
-(a NaN in the input, reported by the loss's value) draws from its columns uniformly.
+Each row's draws are sorted first (the loss does not depend on their order), so every pass walks each
+row forward, which the memory prefetches; rows go in blocks of `BLOCK_DRAWS` draws, whose scratch
+arrays stay in the caches. With the paper's weights a bracket holds a few columns (two or three passes);
+very uneven weights widen some brackets, and the search then takes up to log2(N) passes, never more.
+The columns are exactly a binary search's, for any weights (tests: `test_inverse_cdf.py`). u W < W for
+u < 1 in the comparison's dtype, so a draw never passes the last column with weight; a row whose total
+is not a finite positive number (a NaN in the input, reported by the loss's value) draws uniformly.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import numpy as np
 
 __all__ = ["draw_columns", "stride"]
 
-#: Draws per block of rows: the block's scratch arrays (about 2 MiB) stay in the caches through all the
-#: passes, and each pass is long enough that the Python between passes costs little (measured inside
-#: the torch kernel at N = 512 and 2048: 16k to 128k draws, 65,536 the fastest).
+#: Draws per block of rows: the block's scratch arrays (a few MiB, kept per thread for the next block)
+#: stay in the caches through all the passes, and each pass is long enough that the Python between
+#: passes costs little (measured inside the torch kernel at N = 512 and 2048: 16k to 128k draws, 65,536
+#: the fastest).
 BLOCK_DRAWS = 65536
 _workspace = threading.local()
 
@@ -74,7 +77,7 @@ def _draw_block(cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, c
     """draw_columns on one block of rows, into out, with this thread's scratch arrays (for `capacity` rows)."""
     rows, n = cumulative.shape
     c = stride(n, uniforms.shape[1])
-    bins = 1 << max(n // c - 1, 1).bit_length()  # B >= the row's boundaries
+    bins = 2 << max(n // c - 1, 1).bit_length()  # B >= twice the row's boundaries: few bins hold two
     work = _buffers(capacity, n, uniforms.shape[1], c, bins, (cumulative.dtype, dtype), rows)
     draws = work["draws"]
     np.copyto(draws, uniforms)
