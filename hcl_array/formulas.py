@@ -141,7 +141,10 @@ def uniform_draws(rng: Any, uniforms: Array | None, shape: tuple[int, int], xp: 
     if uniforms is not None:
         if tuple(uniforms.shape) != shape:
             raise ValueError(f"uniforms must have shape (N, k) = {shape}, got {tuple(uniforms.shape)}")
-        return xp.asarray(uniforms, dtype=wide, device=aa.device(like))  # also takes NumPy draws
+        uniforms = xp.asarray(uniforms, dtype=wide, device=aa.device(like))  # also takes NumPy draws
+        if aa.concrete_bool(xp.all((uniforms >= 0) & (uniforms < 1))) is False:  # NaN fails both
+            raise ValueError("uniforms must lie in [0, 1), like numpy's Generator.random; got a value outside or NaN")
+        return uniforms
     if rng is None:
         raise ValueError("negatives='sampled' needs a random source: pass rng=<seed or numpy Generator> or uniforms=")
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)

@@ -166,3 +166,11 @@ def test_a_uniform_next_to_one_draws_the_last_column_with_weight(framework, dtyp
 
         columns = TorchOps.draw_columns(torch.tensor(cumulative), torch.tensor(uniforms)).numpy()
     np.testing.assert_array_equal(columns, [[1, 2, 2, 3, 3]])
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.25, np.nan])
+def test_uniforms_outside_the_unit_interval_are_refused(bad):
+    z, ids, uniforms = _batch(12, 4, 3, 6, seed=8)
+    uniforms[3, 2] = bad
+    with pytest.raises(ValueError, match=r"uniforms must lie in \[0, 1\)"):
+        hcl.hscl(torch.tensor(z), torch.tensor(ids), beta=1.0, negatives="sampled", k=6, uniforms=uniforms)
