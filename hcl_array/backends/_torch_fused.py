@@ -184,7 +184,8 @@ class TorchOps:
         """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
 
         On the CPU, `inverse_cdf.draw_columns` on the same memory (a guide table: torch.searchsorted's binary
-        search per draw costs about 80 ns there). On a GPU, torch.searchsorted: u <= 1 - eps/2 (the largest
+        search per draw costs about 80 ns there; each row's draws come back in ascending order, which the
+        kernel does not depend on). On a GPU, torch.searchsorted: u <= 1 - eps/2 (the largest
         number below 1 in the dtype) makes u * total < total after rounding, so the draw never passes the
         last column with weight; float64 uniforms cast to float32 may round up to 1, hence the clamp there.
         A NaN row (bad input, reported by the value) stays in the row.
