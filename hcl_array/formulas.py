@@ -100,7 +100,7 @@ def counts_from_uniforms(weights: Array, support: Array, uniforms: Array) -> Arr
     columns = weights.shape[1]  # N, or the global batch for a block of anchors (hcl_array.distributed)
     # float64 where the device has it: the row shifts must leave the CDF its resolution
     dtype = xp.float64 if aa.supports_float64(xp, aa.device(uniforms)) else uniforms.dtype
-    uniforms = xp.astype(uniforms, dtype)
+    uniforms = xp.astype(uniforms, dtype, copy=False)
     q = xp.where(support, xp.astype(weights, dtype), xp.zeros((n, columns), dtype=dtype, device=aa.device(weights)))
     cdf = xp.cumulative_sum(q, axis=1)
     total = cdf[:, -1:]
