@@ -197,24 +197,26 @@ class NumpyOps:
     def add_at_(self, x: Array, index: Array, values: Array) -> None:
         self.np.add.at(x, index, values)  # repeated indices accumulate (a negative drawn twice)
 
-    def draw_columns(self, cumulative: Array, uniforms: Array) -> Array:
-        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
+    def draw_positions(self, cumulative: Array, uniforms: Array) -> Array:
+        """Position i N + n_t in the flattened block of each draw's column n_t: the first n with
+        cumulative[i, n] > u_t * total (inverse CDF), row by row.
 
-        NumPy: `inverse_cdf.draw_columns` (a guide table; columns of the draws sorted per row). CuPy: one 1-D
+        NumPy: `inverse_cdf.draw_columns` (a guide table; each row's draws come back sorted). CuPy: one 1-D
         search for the whole block, as `formulas.counts_from_uniforms` does: row r's CDF and draws are
         shifted by 2r (both lie in [0, 1]), in float64 so that the shift costs no resolution.
         """
         xp = self.np
         if xp is np:
-            return inverse_cdf.draw_columns(cumulative, uniforms)
+            return inverse_cdf.draw_columns(cumulative, uniforms, flat=True)
         rows, n = cumulative.shape
         total = cumulative[:, -1:].astype(xp.float64)
         cdf = cumulative / xp.where(total > 0, total, 1.0)
         offsets = 2.0 * xp.arange(rows, dtype=xp.float64)[:, None]
         found = xp.searchsorted((cdf + offsets).reshape(-1), (uniforms + offsets).reshape(-1), side="right")
-        columns = found.reshape(uniforms.shape) - n * xp.arange(rows)[:, None]
+        row_start = n * xp.arange(rows)[:, None]
         last = (cdf < 1.0).sum(axis=1, keepdims=True)  # the last column with weight (its CDF is exactly 1)
-        return xp.clip(columns, 0, xp.minimum(last, n - 1))  # round-off (and NaN rows) stay in the row
+        # round-off (and NaN rows) stay in the row
+        return xp.clip(found.reshape(uniforms.shape), row_start, row_start + xp.minimum(last, n - 1))
 
 
 @dataclass
@@ -478,9 +480,8 @@ class _SampledPass(_Pass):
         same_row, same_col = self.batch.same_id_pairs(a, b, ops)
         pairs, flat = same_row * n + same_col, similarities.reshape(-1)
         self.cumulative_weights(similarities, weights, pairs, a)
-        columns = ops.draw_columns(weights, _rows(self.uniforms, a, b))
-        drawn_at = columns + ops.arange(0, rows, similarities)[:, None] * n
-        drawn = ops.take(flat, drawn_at.reshape(-1)).reshape(columns.shape)
+        drawn_at = ops.draw_positions(weights, _rows(self.uniforms, a, b))
+        drawn = ops.take(flat, drawn_at.reshape(-1)).reshape(drawn_at.shape)
         peak = ops.row_max(drawn)
         log_sum, sums = ops.exp_shifted_(drawn, peak)  # drawn <- its softmax times sums
         anchor_term = (log_sum + self.log_draw_factor)[:, 0]

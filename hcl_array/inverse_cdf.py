@@ -54,12 +54,13 @@ def stride(columns: int, draws: int) -> int:
     return c
 
 
-def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray, *, flat: bool = False) -> np.ndarray:
     """(rows, k) int64 columns #{n : F_in <= u W_i} (at most N - 1) of row i's uniforms sorted ascending.
 
     The order of a row's draws is not kept (a loss over draws with replacement does not depend on it).
     cumulative: (rows, N) running sums of nonnegative weights, read only (a bad row is replaced in a copy).
     uniforms: (rows, k) numbers in [0, 1); the comparison runs in the wider of the two dtypes.
+    flat: positions i N + column in cumulative.reshape(-1) instead (what a gather from the block takes).
     One thread: inside torch's kernel a second (Python) thread only contends with torch's own.
     """
     rows, k = uniforms.shape
@@ -69,11 +70,15 @@ def draw_columns(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     block = max(1, min(rows, BLOCK_DRAWS // k))
     for a in range(0, rows, block):
         b = min(a + block, rows)
-        _draw_block(cumulative[a:b], uniforms[a:b], columns[a:b], block, dtype)
+        _draw_block(cumulative[a:b], uniforms[a:b], columns[a:b], block, dtype, flat)
+        if flat and a:
+            columns[a:b] += a * cumulative.shape[1]
     return columns
 
 
-def _draw_block(cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, capacity: int, dtype: np.dtype) -> None:
+def _draw_block(
+    cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, capacity: int, dtype: np.dtype, flat: bool
+) -> None:
     """draw_columns on one block of rows, into out, with this thread's scratch arrays (for `capacity` rows)."""
     rows, n = cumulative.shape
     c = stride(n, uniforms.shape[1])
@@ -90,7 +95,9 @@ def _draw_block(cumulative: np.ndarray, uniforms: np.ndarray, out: np.ndarray, c
     if c > 1:
         start *= c
     _search(cumulative.reshape(-1), draws, start, fullest_bin * c + c - 1, n, work)
-    np.minimum(start, n - 1, out=out)  # n only when u W rounded up to W
+    np.minimum(start, work["row_last"], out=out)  # past it only when u W rounded up to W
+    if not flat:
+        out -= work["row_first"]
 
 
 def _with_good_totals(cumulative: np.ndarray) -> np.ndarray:
@@ -131,7 +138,7 @@ def _brackets(table: np.ndarray, draws: np.ndarray, bin_scale: np.ndarray, work:
 
 
 def _search(flat: np.ndarray, draws: np.ndarray, start: np.ndarray, widest: int, n: int, work: dict) -> None:
-    """start <- each draw's column in its row: a binary search over [start, start + widest], in place.
+    """start <- each draw's position in the block: a binary search over [start, start + widest], in place.
 
     The window of 2^m >= widest + 1 columns is moved back to end at the row's last column where it would
     pass it, so that no probe leaves the row (the column lies in the window either way)."""
@@ -156,7 +163,6 @@ def _search(flat: np.ndarray, draws: np.ndarray, start: np.ndarray, widest: int,
             np.multiply(below, step, out=probe)
             start += probe
         step //= 2
-    start -= work["row_first"]
 
 
 def _buffers(capacity: int, n: int, k: int, c: int, bins: int, dtypes: tuple[np.dtype, np.dtype], rows: int) -> dict:

@@ -60,9 +60,10 @@ def test_blocks_of_rows_join_up():
     cumulative = np.cumsum(_weights("tilted", 700, 300, rng), axis=1).astype(np.float32)
     uniforms = rng.random((700, 256), dtype=np.float32)
     assert inverse_cdf.BLOCK_DRAWS // 256 < 700
-    np.testing.assert_array_equal(
-        inverse_cdf.draw_columns(cumulative, uniforms), _searchsorted_rows(cumulative, uniforms)
-    )
+    expected = _searchsorted_rows(cumulative, uniforms)
+    np.testing.assert_array_equal(inverse_cdf.draw_columns(cumulative, uniforms), expected)
+    positions = inverse_cdf.draw_columns(cumulative, uniforms, flat=True)  # i N + column, across the blocks
+    np.testing.assert_array_equal(positions, expected + 300 * np.arange(700)[:, None])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

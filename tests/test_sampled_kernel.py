@@ -154,18 +154,19 @@ def test_one_class_batch_is_zero_with_zero_gradient():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_uniform_next_to_one_draws_the_last_column_with_weight(framework, dtype):
     """Inverse CDF at the edges: u = 0 takes the first column with weight, u just below 1 (which rounds to
-    1 in float32) the last one, never the weightless columns after it; u = W_n / total starts column n + 1."""
-    cumulative = np.array([[0.0, 1.0, 2.0, 3.0, 3.0, 3.0]], dtype=dtype)
-    uniforms = np.array([[0.0, 1 / 3, 0.5, np.nextafter(1.0, 0.0), 1 - 2.0**-25]])
+    1 in float32) the last one, never the weightless columns after it; u = W_n / total starts column n + 1.
+    The second row's positions in the flattened block start at N = 6."""
+    cumulative = np.tile(np.array([0.0, 1.0, 2.0, 3.0, 3.0, 3.0], dtype=dtype), (2, 1))
+    uniforms = np.tile([0.0, 1 / 3, 0.5, np.nextafter(1.0, 0.0), 1 - 2.0**-25], (2, 1))
     if framework == "numpy":
         from hcl_array.fused import NumpyOps
 
-        columns = NumpyOps(np).draw_columns(cumulative.copy(), uniforms)
+        positions = NumpyOps(np).draw_positions(cumulative.copy(), uniforms)
     else:
         from hcl_array.backends._torch_fused import TorchOps
 
-        columns = TorchOps.draw_columns(torch.tensor(cumulative), torch.tensor(uniforms)).numpy()
-    np.testing.assert_array_equal(columns, [[1, 2, 2, 3, 3]])
+        positions = TorchOps.draw_positions(torch.tensor(cumulative), torch.tensor(uniforms)).numpy()
+    np.testing.assert_array_equal(positions, [[1, 2, 2, 3, 3], [7, 8, 8, 9, 9]])
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.25, np.nan])

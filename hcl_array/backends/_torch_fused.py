@@ -180,24 +180,26 @@ class TorchOps:
         x.index_add_(0, index, values)  # repeated indices accumulate (a negative drawn twice)
 
     @staticmethod
-    def draw_columns(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        """Column n_t of each draw: the first n with cumulative[n] > u_t * total (inverse CDF), row by row.
+    def draw_positions(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Position i N + n_t in the flattened block of each draw's column n_t: the first n with
+        cumulative[i, n] > u_t * total (inverse CDF), row by row.
 
         On the CPU, `inverse_cdf.draw_columns` on the same memory (a guide table: torch.searchsorted's binary
         search per draw costs about 80 ns there; each row's draws come back in ascending order, which the
-        kernel does not depend on). On a GPU, torch.searchsorted: u <= 1 - eps/2 (the largest
-        number below 1 in the dtype) makes u * total < total after rounding, so the draw never passes the
-        last column with weight; float64 uniforms cast to float32 may round up to 1, hence the clamp there.
-        A NaN row (bad input, reported by the value) stays in the row.
+        kernel does not depend on). On a GPU, torch.searchsorted: u <= 1 - eps/2 (the largest number below
+        1 in the dtype) makes u * total < total after rounding, so the draw never passes the last column
+        with weight; float64 uniforms cast to float32 may round up to 1, hence the clamp there. A NaN row
+        (bad input, reported by the value) stays in the row.
         """
         if cumulative.device.type == "cpu":
-            return torch.from_numpy(inverse_cdf.draw_columns(cumulative.numpy(), uniforms.numpy()))
+            return torch.from_numpy(inverse_cdf.draw_columns(cumulative.numpy(), uniforms.numpy(), flat=True))
+        rows, n = cumulative.shape
         total = cumulative[:, -1:]
         below_one = 1.0 - torch.finfo(cumulative.dtype).eps / 2
         if uniforms.dtype != cumulative.dtype:
             uniforms = uniforms.clamp_max(below_one).to(cumulative.dtype)
-        columns = torch.searchsorted(cumulative, uniforms * total, right=True)
-        return columns.clamp_max_(cumulative.shape[1] - 1)
+        columns = torch.searchsorted(cumulative, uniforms * total, right=True).clamp_max_(n - 1)
+        return columns.add_(torch.arange(0, rows * n, n, device=columns.device)[:, None])
 
 
 class FusedLoss(torch.autograd.Function):
