@@ -33,16 +33,12 @@ from . import _array_api as aa
 from . import tiled
 from .config import LossConfig, check_inputs, reject_non_finite, restore_views
 from .formulas import (
-    anchor_terms,
     hardening_weights,
     normalize_embeddings,
     normalize_vjp,
-    pair_losses,
     pair_masks,
-    row_weight,
     sampled_log_weights,
     scaled_gram,
-    similarity_grad,
 )
 
 Array = Any
@@ -146,22 +142,8 @@ def _segment(u: Array, ids: Array, uniforms: Array, start: Any, count: int, conf
     slope = 0.0 if config.negatives == "sampled" else config.slope
 
     def body(column_grad: Array, first_row: Any, block: tuple) -> tuple:
-        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, start + first_row, block, config)
-        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
-            log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
-        )
-        pair_loss, dl_dc, dl_ds = pair_losses(
-            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="both"
-        )
-        positive = xp.astype(positives, similarity.dtype)
-        pair_count = xp.sum(positive, axis=1)
-        weight = xp.astype(has_negatives, similarity.dtype) * row_weight(pair_count, config.reduction)
-        pair_weights = positive * weight[:, None]
-        grad_similarity = similarity_grad(
-            pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, slope
-        )
-        loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
-        return column_grad + grad_similarity.T @ block[0], (pair_count, loss_sum, grad_similarity @ u)
+        terms = _block(u, ids, start + first_row, block, config)
+        return tiled.block_step(column_grad, block[0], u, terms, config, slope)
 
     block_arrays = tuple(xp.take(a, rows, axis=0) for a in (u, ids, uniforms))
     # a block is (rows, N_global): "auto" sizes it for N_global columns, as the tiled path does for N

@@ -60,6 +60,7 @@ __all__ = [
     "block_rows",
     "unsupported",
     "scan_blocks",
+    "block_step",
     "forward",
     "backward",
     "value_and_grad",
@@ -170,23 +171,8 @@ def value_and_grad(
 
     def body(column_grad: Array, first_row: Any, rows: tuple[Array, Array]) -> tuple[Array, tuple]:
         u_rows, row_ids = rows
-        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
-        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
-            log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
-        )
-        pair_loss, dl_dc, dl_ds = pair_losses(
-            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="both"
-        )
-        positive = xp.astype(positives, similarity.dtype)
-        pair_count = xp.sum(positive, axis=1)
-        # l_ij is finite: the zeros make no NaN
-        weight = xp.astype(has_negatives, similarity.dtype) * row_weight(pair_count, config.reduction)
-        pair_weights = positive * weight[:, None]
-        grad_similarity = similarity_grad(
-            pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
-        )
-        loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
-        return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
+        block = _block(u, ids, first_row, u_rows, row_ids, config)
+        return block_step(column_grad, u_rows, u, block, config, config.slope)
 
     column_grad, (pair_counts, loss_sums, row_grad) = scan(
         body, xp.zeros_like(u), (u, ids), block_rows(config.tile, z.shape[0])
@@ -194,6 +180,35 @@ def value_and_grad(
     scale = 1.0 / batch_divisor(pair_counts, config.reduction)
     grad_u = (row_grad + column_grad) * (scale / config.temperature)
     return xp.sum(loss_sums) * scale, normalize_vjp(z, u, grad_u, config.normalize)
+
+
+def block_step(
+    column_grad: Array, u_rows: Array, u: Array, block: tuple, config: LossConfig, slope: float
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    """One block of anchor rows in a pass that accumulates dL/du (this path's and `distributed.py`'s).
+
+    block: (s, positives, candidates, log weights, support) of the rows against all columns. Returns
+    column_grad + G^T u_rows and (|P(i)|, sum_j w_ij l_ij, G u) for the rows, with G = dL/ds before the
+    global scale and slope the weights' own derivative (0 when they are detached or drawn).
+    """
+    xp = aa.namespace(u)
+    similarity, positives, candidate_mask, log_weights, support = block
+    anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
+        log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
+    )
+    pair_loss, dl_dc, dl_ds = pair_losses(
+        config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="both"
+    )
+    positive = xp.astype(positives, similarity.dtype)
+    pair_count = xp.sum(positive, axis=1)
+    # l_ij is finite: the zeros make no NaN
+    weight = xp.astype(has_negatives, similarity.dtype) * row_weight(pair_count, config.reduction)
+    pair_weights = positive * weight[:, None]
+    grad_similarity = similarity_grad(
+        pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, slope
+    )
+    loss_sum = xp.sum(pair_loss * pair_weights, axis=1)
+    return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
 
 
 def backward(
