@@ -148,7 +148,7 @@ def uniform_draws(rng: Any, uniforms: Array | None, shape: tuple[int, int], xp: 
     if rng is None:
         raise ValueError("negatives='sampled' needs a random source: pass rng=<seed or numpy Generator> or uniforms=")
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    host_dtype = np.float64 if wide == xp.float64 and like.dtype == xp.float64 else np.float32
+    host_dtype = np.float64 if like.dtype == xp.float64 else np.float32  # float64 input: the device has it
     return xp.asarray(generator.random(shape, dtype=host_dtype), device=aa.device(like))
 
 
