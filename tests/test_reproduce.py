@@ -208,7 +208,15 @@ def test_interrupted_command_retrains_nothing_that_finished(tmp_path) -> None:
     command += ["--seeds", "1", "--jobs", "1", "--epochs", str(epochs), "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
     first = out / "runs" / "scl-seed0.npz"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # A shell without job control starts background jobs (`cmd &` in a script) with SIGINT ignored, and exec
+    # keeps an ignored signal: with a handler here during the spawn, the command gets Ctrl-C as from a terminal.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     try:
         deadline = time.monotonic() + 120
         while (state := _state(first)) is None or state[0] < epochs:
