@@ -89,7 +89,9 @@ def _draw_block(
     draws.sort(axis=1)  # each pass's probes then walk each row forward, which the memory prefetches
     totals = cumulative[:, -1:].astype(dtype)
     draws *= totals  # u W, in the comparison's dtype
-    bin_scale = bins / totals  # H(x) = floor(x * bin_scale)
+    # H(x) = floor(x * bin_scale): any finite positive scale keeps H monotone and H(W) <= B; the floor on
+    # the totals keeps it finite for subnormal ones (bins / W would overflow to inf, and inf * 0 is NaN)
+    bin_scale = bins / np.maximum(totals, bins / np.finfo(dtype).max)
     table, fullest_bin = _guide_table(cumulative[:, c - 1 :: c], bin_scale, work)
     start = _brackets(table, draws, bin_scale, work)
     if c > 1:

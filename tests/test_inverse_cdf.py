@@ -76,6 +76,19 @@ def test_the_edges_of_the_unit_interval(dtype):
     np.testing.assert_array_equal(inverse_cdf.draw_columns(cumulative, uniforms), [[1, 2, 2, 3, 3]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_totals_from_subnormal_to_near_the_largest_finite(dtype):
+    """Where B / W overflows (a subnormal total) or W nears the dtype's largest number, the same columns."""
+    rng = np.random.default_rng(11)
+    info = np.finfo(dtype)
+    scales = np.array([info.smallest_subnormal * 8, info.tiny / 4, info.tiny * 1e3, 1.0, info.max / 200], dtype)
+    cumulative = np.cumsum(rng.random((5, 64)).astype(dtype) * scales[:, None], axis=1, dtype=dtype)
+    assert np.isfinite(cumulative[:, -1]).all() and (cumulative[:, -1] > 0).all()
+    uniforms = rng.random((5, 100)).astype(dtype)
+    expected = _searchsorted_rows(cumulative, uniforms)
+    np.testing.assert_array_equal(inverse_cdf.draw_columns(cumulative, uniforms), expected)
+
+
 def test_a_row_without_a_finite_total_stays_in_its_row_and_leaves_the_others_alone():
     rng = np.random.default_rng(3)
     cumulative = np.cumsum(np.exp(rng.normal(size=(5, 40))), axis=1)
