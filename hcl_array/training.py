@@ -499,7 +499,9 @@ def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: i
     options = run.objective.options
     if options.get("negatives") == "sampled":
         negative_rng = np.random.default_rng([config.seed, epoch, batch_number, 2])
-        uniforms = place(negative_rng.random((indices.size * config.views, options["k"])))
+        # drawn in the training dtype: float64 draws cast to float32 round to 1.0 about once in 2^25,
+        # which the loss rejects (and a resumed run would meet again on the same batch)
+        uniforms = place(negative_rng.random((indices.size * config.views, options["k"]), dtype=config.dtype))
     return x, ids, place(indices), uniforms
 
 

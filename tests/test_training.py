@@ -173,3 +173,22 @@ def test_hard_negatives_avoid_dimensional_collapse_in_miniature() -> None:
     assert hscl["equal_inner_product"][-1] < 0.75 * scl["equal_inner_product"][-1]
     assert hscl["significant_directions"][-1] >= 2 * scl["significant_directions"][-1]
     assert scl["significant_directions"][-1] < 50, "SCL shows the cliff of dimensional collapse"
+
+
+def test_sampled_negative_uniforms_stay_below_one_in_float32() -> None:
+    """(seed 2, epoch 49, batch 2) of a 512-row batch holds a float64 draw that rounds to 1.0 in float32: the
+    draws of the run come in the training dtype, so none reaches 1 and the paper's loss trains on that batch."""
+    from hcl_array import training
+
+    key, shape = [2, 49, 2, 2], (512, 256)
+    assert np.any(np.random.default_rng(key).random(shape).astype(np.float32) == 1.0)  # the case this test is for
+    config = TrainConfig(
+        loss="hscl", paper=True, negatives="sampled", seed=2, classes=8, per_class=100, input_dim=8, batch_size=512
+    )
+    run = training._setup(config)
+    indices = np.arange(512, dtype=np.int64)
+    x, ids, placed, uniforms = training._batch_arguments(run, indices, epoch=49, batch_number=2)
+    assert uniforms.dtype == np.float32 and uniforms.shape == shape
+    assert 0 <= uniforms.min() and uniforms.max() < 1
+    value = run.objective.value_and_grad(run.params, x, ids, placed, uniforms)[0]
+    assert np.isfinite(value) and value > 0
