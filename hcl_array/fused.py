@@ -29,6 +29,10 @@ Block by block (rows a:b of the anchors against all N columns; one block of N ro
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
     dL/du[a:b] += G u / tau,  dL/du += G^T u[a:b] / tau
 
+`anchor_sums` runs these blocks over given runs of anchor rows against all N columns: every row in one
+process (`value_and_grad`), a rank's own anchors of the gathered global batch across ranks
+(`hcl_array.distributed`, which sums the ranks' parts: one all-reduce, one reduce-scatter of dL/du).
+
 Sampled negatives (`_SampledPass`, the paper's own estimator): per block, the running sums of the
 weights along each row are the unnormalized CDF of q_i; each anchor's k uniforms (drawn once per call by
 `dispatch.compute`, the same numbers the array-API code turns into counts) pick their columns by
