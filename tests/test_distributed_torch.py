@@ -104,6 +104,26 @@ def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     return {"weight_grad": model.module.weight.grad.numpy()}
 
 
+#: the dtypes of the reduced-precision checks: the loss computes in float32, the gradient comes back in the input's
+LOW_PRECISION = ("float32", "bfloat16")
+
+
+def _low_precision_case(dtype: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """hucl on views in `dtype` through the kernel path (value, gradient as float64 NumPy, its dtype, the paths)."""
+    local = _local(global_batch("views")[0], rank, sizes).to(getattr(torch, dtype)).requires_grad_(True)
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        value = hcl.hucl(local, beta=2.0, group=group)
+        value.backward()
+    grad = local.grad
+    return {
+        "value": value.item(),
+        "grad": grad.double().numpy(),
+        "dtype": str(grad.dtype),
+        "paths": [p for p, _ in ran],
+    }
+
+
 def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     """Rank 0 only evaluates (no gradient, no backward), the others train: nobody waits."""
     local = _local(global_batch("views")[0], rank, sizes).requires_grad_(rank > 0)
@@ -125,6 +145,7 @@ def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     out["ddp"] = _ddp_case(rank, sizes, group)
     out["empty_rank"] = {kernel: _case("hucl", rank, EMPTY_RANK[len(sizes)], group, kernel) for kernel in KERNELS}
     out["rank0_without_grad"] = _rank0_without_grad(rank, sizes, group)
+    out["low_precision"] = {dtype: _low_precision_case(dtype, rank, sizes, group) for dtype in LOW_PRECISION}
     out["errors"] = _errors(rank, sizes, group)
     return out
 
@@ -333,6 +354,27 @@ def test_a_rank_may_evaluate_while_the_others_train(ranks: list[dict]) -> None:
         if rank:
             expected_rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
             np.testing.assert_allclose(out["rank0_without_grad"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_reduced_precision_takes_the_kernel_and_stays_close_to_one_process(
+    ranks: list[dict], dtype: str, tolerance: float
+) -> None:
+    """Path: distributed_fused. The loss computes in float32 for both dtypes; the gradient returns in the input's
+    dtype, so bfloat16 holds it to 8 bits. Reference: one process on the whole batch in the same dtype."""
+    z = torch.tensor(global_batch("views")[0]).to(getattr(torch, dtype)).requires_grad_(True)
+    expected = hcl.hucl(z, beta=2.0)
+    expected.backward()
+    expected_grad = z.grad.double().numpy()
+    for rank, out in enumerate(ranks):
+        result = out["low_precision"][dtype]
+        assert result["paths"] == ["distributed_fused"]
+        assert result["dtype"] == f"torch.{dtype}"
+        assert result["value"] == pytest.approx(expected.item(), rel=1e-6)
+        rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
+        np.testing.assert_allclose(
+            result["grad"] / len(ranks), rows, rtol=tolerance, atol=tolerance * np.abs(rows).max()
+        )
 
 
 def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
