@@ -153,7 +153,8 @@ def compute(
         reject_non_finite(z, xp)
     if config.check_finite:
         check_similarity_range(z_compute, config)
-    result = implementation(path, family)(z_compute, ids, config, uniforms=uniforms, return_grad=return_grad)
+    with aa.full_precision(z_compute):  # no autocast, no TF32: the loss computes in z_compute's dtype
+        result = implementation(path, family)(z_compute, ids, config, uniforms=uniforms, return_grad=return_grad)
     if return_grad:
         result = restore_views(embeddings, *result, xp)
     if config.check_finite:
@@ -186,7 +187,8 @@ def _compute_distributed(
         return uniform_draws(rng, uniforms, shape, xp, embeddings)
 
     entry = implementation("distributed", family)
-    return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
+    with aa.full_precision(embeddings):
+        return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
 
 
 def _guard_gradient(embeddings: Array, config: LossConfig, return_grad: bool) -> Array:
