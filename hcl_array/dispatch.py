@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
 from array_api_compat import is_cupy_array, is_jax_array, is_numpy_array, is_torch_array
 
 from . import _array_api as aa
@@ -142,6 +143,7 @@ def compute(
         return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
     embeddings = _guard_gradient(embeddings, config, return_grad)
     xp, z, ids = check_inputs(embeddings, ids)
+    ids = _on_device_of(z, ids)
     if return_grad and config.reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
     if config.negatives == "sampled":
@@ -160,6 +162,16 @@ def compute(
     if config.check_finite:
         _reject_overflow(result, return_grad, z_compute, config, xp, checked=path != "fused")
     return result
+
+
+def _on_device_of(z: Array, ids: Array) -> Array:
+    """ids on z's device: moved, as pytorch-metric-learning moves labels, since labels often come from a CPU
+    data loader while the embeddings live on the GPU (N integers: a small copy). Otherwise the kernel's
+    gathers would fail with an obscure device error."""
+    target = aa.device(z)
+    if target is None or aa.device(ids) == target:  # None: a JAX tracer, which jit places itself
+        return ids
+    return array_api_compat.to_device(ids, target)
 
 
 def _compute_distributed(

@@ -4,9 +4,17 @@
   equals the loss without autocast on the fused, dense and tiled paths (autocast ran the kernel's last
   product and the array-API similarities in half precision: a float16 loss, or 0.0, or an overflow).
 - JAX's TF32 default on Ampere / Hopper: every matrix product the loss traces asks for full float32.
+- Devices: a meta tensor, or a second JAX host device (XLA_FLAGS), stands in for a second GPU.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +22,8 @@ import pytest
 import hcl_array as hcl
 
 torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PATHS = {
     "fused": {},
@@ -112,3 +122,58 @@ def test_jax_loss_products_ask_for_full_float32_precision(name):
     precisions = _dot_precisions(jax.make_jaxpr(jax.grad(loss))(z).jaxpr)
     assert len(precisions) >= 3, "the forward product and the two of the gradient"
     assert all(p is not None and "HIGHEST" in str(p) for p in precisions), precisions
+
+
+def test_labels_on_another_device_than_the_embeddings_are_moved_to_the_embeddings():
+    """As pytorch-metric-learning does: labels from a CPU data loader with embeddings on the GPU."""
+    from hcl_array import dispatch
+
+    labels = torch.arange(6)
+    moved = dispatch._on_device_of(torch.zeros(6, 2, device="meta"), labels)
+    assert moved.device.type == "meta"
+    assert dispatch._on_device_of(torch.zeros(6, 2), labels) is labels, "no copy when they share a device"
+
+
+_SECOND_JAX_DEVICE = textwrap.dedent(
+    """
+    import json, jax, jax.numpy as jnp, numpy as np
+    import hcl_array as hcl
+    rng = np.random.default_rng(3)
+    z, labels = rng.normal(size=(24, 6)).astype(np.float32), rng.integers(0, 4, 24)
+    first, second = jax.devices()[:2]
+    z_second = jax.device_put(jnp.asarray(z), second)
+    apart = hcl.hscl(z_second, jax.device_put(jnp.asarray(labels), first), beta=2.0)
+    together = hcl.hscl(z_second, jax.device_put(jnp.asarray(labels), second), beta=2.0)
+    print(json.dumps({"apart": float(apart), "together": float(together), "device": str(apart.device)}))
+    """
+)
+
+
+def test_jax_labels_on_another_device_give_the_loss_of_labels_beside_the_embeddings():
+    """Two JAX host devices stand in for two GPUs: committed arrays on different devices made the loss
+    raise "incompatible devices for jitted computation"."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SECOND_JAX_DEVICE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert numbers["device"] == "TFRT_CPU_1" or numbers["device"].endswith("1")
+    np.testing.assert_allclose(numbers["apart"], numbers["together"], rtol=0, atol=0)
+
+
+def test_a_callable_eta_is_validated_on_the_device_of_the_similarities():
+    """The grid was made on the CPU: an eta that closes over CUDA tensors failed on its first call."""
+    seen = []
+
+    def eta(s):
+        if not isinstance(s, torch.Tensor):
+            raise TypeError("a torch-only eta: validated on the first call")
+        seen.append(s.device.type)
+        return torch.ones(s.shape)  # non-negative and non-decreasing, readable on the host
+
+    hardening = hcl.hardening.FromCallable(eta)
+    similarity = torch.zeros(3, 3, device="meta")
+    hardening.log_weights(similarity, torch.ones(3, 3, dtype=torch.bool, device="meta"))
+    assert seen == ["meta", "meta"], "the validation grid, then the similarities, on their device"
