@@ -177,3 +177,19 @@ def test_a_callable_eta_is_validated_on_the_device_of_the_similarities():
     similarity = torch.zeros(3, 3, device="meta")
     hardening.log_weights(similarity, torch.ones(3, 3, dtype=torch.bool, device="meta"))
     assert seen == ["meta", "meta"], "the validation grid, then the similarities, on their device"
+
+
+@pytest.mark.parametrize(("device", "local_rank", "expected"), [("cuda:1", "0", 1), ("cuda", "3", 3)])
+def test_init_distributed_makes_the_rank_gpu_current_before_nccl(monkeypatch, device, local_rank, expected):
+    """NCCL binds a rank to the current GPU: without set_device every rank of a node took GPU 0."""
+    import torch.distributed as dist
+
+    from hcl_array.training import init_distributed
+
+    calls = []
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    init_distributed(device, 30.0)
+    assert calls == [("set_device", expected), ("init", "nccl")]
