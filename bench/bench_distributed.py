@@ -19,6 +19,8 @@ after a barrier, on the slower rank. Rounds run every configuration in turn, so 
 the machine's load; the table gives each time's median over rounds, each ratio's median and range over rounds:
 
 - strong scaling: the 2-rank step over the 1-process step of the same round (ideal: 0.5 plus the traffic);
+  beside it the same ratio of CPU time (the slower rank's process, gloo's threads included), which other jobs
+  on the machine inflate less than the wall time;
 - the ratio to PML's distributed SupCon step of the same round;
 - bytes sent per rank and step: the payload this rank hands to all_gather, all_reduce and reduce_scatter;
 - peak memory per rank: the ru_maxrss high-water mark over the steps minus the resident size before them,
@@ -70,18 +72,23 @@ def _counting_collectives(dist: Any, sent: list[int]) -> None:
         setattr(dist, name, counted)
 
 
-def _timed_steps(step: Callable[[], None], reps: int, barrier: Callable[[], Any] | None = None) -> tuple[float, int]:
-    """(median seconds of `step`, peak resident KiB it added), after one warm-up."""
+def _timed_steps(
+    step: Callable[[], None], reps: int, barrier: Callable[[], Any] | None = None
+) -> tuple[float, float, int]:
+    """(median seconds of `step`, median CPU seconds of this process in it, peak resident KiB it added),
+    after one warm-up."""
     before = _rss_kib()
     step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(reps):
         if barrier is not None:
             barrier()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - started)
-    return statistics.median(times), max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0)
+        cpu_times.append(time.process_time() - cpu_started)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0)
+    return statistics.median(times), statistics.median(cpu_times), peak
 
 
 def single_worker(n: int, reps: int, results: Any) -> None:
@@ -134,10 +141,10 @@ def rank_worker(rank: int, path: str, n: int, reps: int, init: str, results: Any
     rows = slice(rank * n // 2, (rank + 1) * n // 2)
     step = _rank_step(path, torch.tensor(z[rows]), torch.tensor(labels[rows]), dist.group.WORLD)
     sent = [0]
-    seconds, peak = _timed_steps(step, reps, barrier=dist.barrier)
+    seconds, cpu_seconds, peak = _timed_steps(step, reps, barrier=dist.barrier)
     _counting_collectives(dist, sent)
     step()
-    results.put((path, rank, seconds, peak, sent[0]))
+    results.put((path, rank, seconds, cpu_seconds, peak, sent[0]))
     dist.destroy_process_group()
 
 
@@ -157,16 +164,17 @@ def measure_round(n: int, reps: int, paths: list[str]) -> dict[str, dict[str, fl
     """One round at global batch n: the 1-process step, then each 2-rank path, each in fresh processes."""
     context = multiprocessing.get_context("spawn")
     record = {}
-    (_, _, seconds, peak, _), *_ = _run(context, single_worker, [(n, reps)])
-    record["single"] = {"seconds": seconds, "peak_kib": peak, "bytes": 0}
+    (_, _, seconds, cpu_seconds, peak, _), *_ = _run(context, single_worker, [(n, reps)])
+    record["single"] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_kib": peak, "bytes": 0}
     for path in paths:
         with tempfile.TemporaryDirectory() as folder:
             init = f"file://{folder}/rendezvous"
             measured = _run(context, rank_worker, [(rank, path, n, reps, init) for rank in range(2)])
         record[path] = {
             "seconds": max(m[2] for m in measured),  # the slower rank
-            "peak_kib": max(m[3] for m in measured),
-            "bytes": max(m[4] for m in measured),
+            "cpu_seconds": max(m[3] for m in measured),
+            "peak_kib": max(m[4] for m in measured),
+            "bytes": max(m[5] for m in measured),
         }
     return record
 
@@ -185,10 +193,11 @@ def table(n: int, rounds: list[dict[str, dict[str, float]]], paths: list[str]) -
             continue
         seconds = [r[path]["seconds"] for r in rounds]
         scaling = [r[path]["seconds"] / r["single"]["seconds"] for r in rounds]
+        cpu_scaling = [r[path]["cpu_seconds"] / r["single"]["cpu_seconds"] for r in rounds]
         pml = _spread([r[path]["seconds"] / r["pml"]["seconds"] for r in rounds]) if "pml" in rounds[0] else "-"
         lines.append(
             f"| {n} | {path} | {statistics.median(single) * 1e3:.1f} ms | {statistics.median(seconds) * 1e3:.1f} ms "
-            f"| {_spread(scaling)} | {pml} | {rounds[0][path]['bytes'] / 2**20:.2f} MiB "
+            f"| {_spread(scaling)} | {_spread(cpu_scaling)} | {pml} | {rounds[0][path]['bytes'] / 2**20:.2f} MiB "
             f"| {max(r[path]['peak_kib'] for r in rounds) / 1024:.0f} MiB | {block_mib:.0f} MiB |"
         )
     return lines
@@ -208,9 +217,9 @@ def main() -> None:
         parser.error(f"--paths: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PATHS)}")
     print(f"load average before: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPU cores")
     lines = [
-        "| N (global) | 2-rank path | 1 process (kernel) | 2 ranks | 2 ranks / 1 process | 2 ranks / PML "
-        "| bytes sent per rank and step | peak per rank | one (B_local x N) block |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| N (global) | 2-rank path | 1 process (kernel) | 2 ranks | 2 ranks / 1 process | CPU time ratio "
+        "| 2 ranks / PML | bytes sent per rank and step | peak per rank | one (B_local x N) block |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in (int(size) for size in args.sizes.split(",")):
         run_paths = [path for path in paths if path != "pml" or n <= args.pml_max_n]
