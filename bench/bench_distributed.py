@@ -26,8 +26,12 @@ the machine's load; the table gives each time's median over rounds, each ratio's
 - peak memory per rank: the ru_maxrss high-water mark over the steps minus the resident size before them,
   next to one (B_local x N) float32 block (the rows per block of `tile="auto"` bound it further).
 
-PML forms several (N, N) matrices on every rank (about 2.3 GiB per rank at N = 8192): it runs up to
---pml-max-n only, so that 2 ranks fit in the memory of a machine shared with other jobs.
+Each process starts a session of its own (`_own_session`): on a machine shared with other jobs, Linux's
+autogroup scheduler would otherwise give the two ranks one session's share of the CPUs between them, and the
+1-process baseline a whole one. On a quiet machine this changes nothing.
+
+PML forms several (N, N) matrices on every rank (3.0 GiB per rank at N = 8192, so about 12 GiB at 16384): it
+runs up to --pml-max-n only, so that 2 ranks fit in the memory of a machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -91,7 +95,16 @@ def _timed_steps(
     return statistics.median(times), statistics.median(cpu_times), peak
 
 
+def _own_session() -> None:
+    """Start a session of this process's own: Linux's autogroup scheduler shares the CPUs between sessions, so
+    ranks spawned into one session would split one share while other jobs run (as no ranks on devices of
+    their own do), where the 1-process baseline has a whole share. Each process, baseline included, gets one."""
+    if hasattr(os, "setsid"):
+        os.setsid()
+
+
 def single_worker(n: int, reps: int, results: Any) -> None:
+    _own_session()
     import torch
 
     torch.set_num_threads(1)  # one core per process, as each rank would have its own device
@@ -132,6 +145,7 @@ def _rank_step(path: str, z: Any, labels: Any, group: Any) -> Callable[[], None]
 
 
 def rank_worker(rank: int, path: str, n: int, reps: int, init: str, results: Any) -> None:
+    _own_session()
     import torch
     import torch.distributed as dist
 
