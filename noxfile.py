@@ -5,6 +5,7 @@
     nox -s gpu               # CUDA machine: CuPy, torch CUDA, JAX GPU tests and the GPU bench (< 8 min)
     nox -s hypothesis        # the overflow property with thousands of examples (-- N to choose)
     nox -s lightly           # lightly's NTXentLoss parity (needs torch 2.14.1 + torchvision 0.29.1)
+    nox -s vision            # every image test with torchvision (torch 2.14.1 + torchvision 0.29.1)
     nox -s docs              # mkdocs build --strict
     nox -s bench             # the benchmark tables in docs/performance.md
     nox -s reproduce         # hcl reproduce digits --check: the paper's claims on real data, 3 seeds
@@ -76,6 +77,18 @@ def lightly(session: nox.Session) -> None:
     session.run(
         "pytest", "-q", "tests/test_peers.py", "-k", "lightly", *session.posargs, env={"HCL_REQUIRE_LIGHTLY": "1"}
     )
+
+
+@nox.session(default=False)
+def vision(session: nox.Session) -> None:
+    """Every image test (marker `vision`) with torchvision, which needs the torch build it was made for.
+
+    HCL_REQUIRE_VISION=1 turns the "torchvision is not installed" skips into failures, so a test that
+    silently skipped here would show up as failed.
+    """
+    session.install("torch==2.14.1", "torchvision==0.29.1")
+    session.install("-e", ".[test-core,cli,images]")
+    session.run("pytest", "-q", "-m", "vision", *session.posargs, env={"HCL_REQUIRE_VISION": "1"})
 
 
 @nox.session(default=False)
