@@ -302,7 +302,7 @@ def test_resnet_encoder_without_torchvision_names_it() -> None:
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        with pytest.raises(BackendUnavailable, match="needs torchvision.*pip install torchvision"):
+        with pytest.raises(BackendUnavailable, match=r"needs torchvision.*pip install hcl-array\[vision\]"):
             resnet_encoder("resnet18", 9, seed=0)
     else:
         model = resnet_encoder("resnet18", 9, seed=0)
