@@ -89,7 +89,7 @@ def _save(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.transpose(1, 2, 0)).save(path)
+    Image.fromarray(image.transpose(1, 2, 0)).save(path, format="PNG")  # lossless, whatever the file ending
 
 
 def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
