@@ -299,3 +299,48 @@ def test_docs_tables_are_the_stored_reports(preset) -> None:
     )
     for name in ("spectrum.png", "conditions.png"):
         assert (ROOT / "docs" / "figures" / f"reproduce-{preset}" / name).is_file()
+
+
+# The released run, option by option (github.com/rjiang03/HCL, main/SCL and main/UCL; file:line in
+# docs/reproducing.md): what every run of the cifar100 preset must be.
+RELEASED_CIFAR100 = {
+    "data": "cifar100",
+    "encoder": "resnet50",  # model.py: the CIFAR-stem ResNet-50 and the Linear-BN-ReLU-Linear head
+    "dim": 99,  # train_mean_classifier.py:330 feature_dim = c - 1
+    "batch_size": 512,  # :289
+    "optimizer": "adam",  # :338 (UCL :333)
+    "lr": 1e-3,
+    "views": 1,  # train(): only pos_1 goes through the model
+    "augment": "none",  # utils_2.py:121 CIFAR100Pair(transform=test_transform) in SCL and UCL
+    "epochs": 400,  # --epochs 401, of which the notebooks read [:400]
+}
+RELEASED_LOSS = {  # nce_supervised_hard / _easy: tau 1, ball clip in the model, anchor among positives, K = 256
+    "normalize": "ball",
+    "temperature": 1.0,
+    "include_self": True,
+    "negatives": "sampled",
+    "k": 256,
+    "negative_reduction": "mean",
+    "reduction": "mean",
+    "detach_weights": True,
+}
+
+
+def test_cifar100_preset_is_the_released_run_option_by_option() -> None:
+    from hcl_array.image_pipeline import resolve_augment
+    from hcl_array.training import INSTANCE_ID_LOSSES
+
+    preset = PRESETS["cifar100"]
+    for setting in preset.settings:
+        config = preset.config(setting, 0)
+        for name, value in RELEASED_CIFAR100.items():
+            assert getattr(config, name) == value, (setting.name, name)
+        released_decay = 1e-6 if setting.loss in ("ucl", "hucl") else 0.0  # UCL :333, SCL :338
+        assert config.weight_decay == released_decay, setting.name
+        options = config.loss_options()
+        assert {key: options[key] for key in RELEASED_LOSS} == RELEASED_LOSS, setting.name
+        assert options.get("beta") == setting.beta
+        # one view with label ids: positives are the images of the anchor's label, not another view
+        assert config.views == 1 and setting.loss in ("scl", "hscl", *INSTANCE_ID_LOSSES)
+        assert resolve_augment(config.augment, config.data, config.loss, config.views, True) == "none"
+    assert {s.name for s in preset.settings} >= {"scl", "hscl-beta5", "ucl", "hucl-beta5"}
