@@ -5,7 +5,7 @@
     nox -s gpu               # CUDA machine: CuPy, torch CUDA, JAX GPU tests and the GPU bench (< 8 min)
     nox -s hypothesis        # the overflow property with thousands of examples (-- N to choose)
     nox -s lightly           # lightly's NTXentLoss parity (needs torch 2.14.1 + torchvision 0.29.1)
-    nox -s docs              # mkdocs build --strict
+    nox -s docs              # mkdocs build --strict, then the math of every page rendered in headless Chromium
     nox -s package           # sdist + wheel: twine check, then installed outside the repo and run
     nox -s bench             # the benchmark tables in docs/performance.md
     nox -s reproduce         # hcl reproduce digits --check: the paper's claims on real data, 3 seeds
@@ -104,9 +104,14 @@ def lightly(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
-    """The documentation site, warnings as errors."""
-    session.install(*CONSTRAINTS, "-e", ".[docs]")
-    session.run("mkdocs", "build", "--strict")
+    """The documentation site, warnings as errors; then headless Chromium loads every page and the check fails on
+    a formula KaTeX did not typeset (tests/test_docs_math.py). Without Debian's chromium the check is skipped
+    with its reason (`apt-get install chromium`); where chromium is installed, a failure to run it fails."""
+    session.install(*CONSTRAINTS, "-e", ".[docs]", "pytest")
+    site = Path(session.create_tmp()).resolve() / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site))
+    env = {"HCL_DOCS_SITE": str(site), "HCL_REQUIRE_CHROMIUM": "1" if shutil.which("chromium") else "0"}
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_docs_math.py", env=env)
 
 
 #: What the built distributions must carry besides the code.
