@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._array_api import array_namespace
+from ._array_api import array_namespace, device
 
 Array = Any
 
@@ -147,7 +147,8 @@ class FromCallable:
         if not self._checked:
             from ._array_api import to_numpy
 
-            grid = xp.asarray(_VALIDATION_GRID, dtype=similarity.dtype)
+            # on the similarities' device: an eta that closes over GPU arrays cannot take a CPU grid
+            grid = xp.asarray(_VALIDATION_GRID, dtype=similarity.dtype, device=device(similarity))
             self._check(to_numpy(self.eta(grid)))
         weights = self.eta(similarity)
         positive = weights > 0
