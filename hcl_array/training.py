@@ -28,26 +28,14 @@ from .backends import get_backend
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .image_pipeline import ImageInputs, check_augment, resolve_augment
 from .train_config import (
-    DATASETS,
-    DEFAULT_BETA,
-    DEFAULT_SAMPLED_K,
-    HARDENED,
     INSTANCE_ID_LOSSES,
     LOSSES,
-    PRECISIONS,
     TORCH_ENCODERS,
     TrainConfig,
 )
 
 __all__ = [
     "LOSSES",
-    "DATASETS",
-    "DEFAULT_BETA",
-    "DEFAULT_SAMPLED_K",
-    "HARDENED",
-    "INSTANCE_ID_LOSSES",
-    "PRECISIONS",
-    "TORCH_ENCODERS",
     "TrainConfig",
     "EpochReport",
     "TrainResult",

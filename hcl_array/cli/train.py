@@ -18,7 +18,8 @@ from rich.table import Table
 from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..tensorboard_writer import TensorBoardWriter, TrainingLogger
-from ..training import DATASETS, LOSSES, EpochReport, TrainConfig, TrainResult, init_distributed, train
+from ..train_config import DATASETS
+from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, init_distributed, train
 
 #: Errors a user can fix: shown as one line, never as a traceback.
 USER_ERRORS = (
