@@ -1,4 +1,4 @@
-"""Host synchronizations: where one torch loss call makes the host wait for a GPU.
+"""Host synchronizations: where one torch loss call and a training epoch make the host wait for a GPU.
 
 Counted on the CPU with tests/sync_counter.py (the calls that would synchronize a GPU, by the hcl_array
 function that makes them), with the kernel's GPU branches taken (TorchOps.on_cpu answering False); the CPU-only
@@ -8,7 +8,9 @@ same call with torch.cuda.set_sync_debug_mode on CUDA. docs/performance.md lists
 
 from __future__ import annotations
 
+import dataclasses
 import types
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -118,3 +120,28 @@ def test_the_cupy_branches_of_the_kernel_give_the_numpy_kernel_numbers(options):
     got = fused.value_and_grad(z, ids, config, fused.NumpyOps(_module_like_cupy()), uniforms=uniforms)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-10, atol=1e-14)
+
+
+def _training_syncs(batch_size: int) -> Counter:
+    from hcl_array.training import TrainConfig, train
+
+    config = TrainConfig(
+        backend="torch", classes=4, per_class=24, input_dim=6, hidden=8, batch_size=batch_size, epochs=2, seed=3
+    )
+    with count_syncs() as sites:
+        train(dataclasses.replace(config, encoder="mlp"))
+    loss_call = ("fused:", "dispatch:", "formulas:", "config:")  # counted per call above
+    host_copy = ("(tensor)", "(asarray)", "(as_tensor)", "(from_numpy)")  # each batch must reach the device
+    return Counter(
+        {
+            site: count
+            for site, count in sites.items()
+            if not site.startswith(loss_call) and not site.endswith(host_copy)
+        }
+    )
+
+
+def test_a_training_epoch_reads_its_losses_once_not_once_per_step():
+    """float(loss) after every step made the host wait for the GPU at each one; the epoch's losses now stay
+    on the device and are read together. The training loop's own reads must not grow with the steps."""
+    assert _training_syncs(batch_size=48) == _training_syncs(batch_size=12)  # 2 and 8 steps per epoch
