@@ -14,6 +14,7 @@ The CPU build of PyTorch is pinned by constraints-cpu.txt; the project's own ran
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -30,12 +31,30 @@ CONSTRAINTS = ("-c", "constraints-cpu.txt")
 BACKEND_EXTRAS = {"numpy": "", "array_api_strict": "", "torch": ",torch", "jax": ",jax"}
 
 
+#: The least share of the public symbols whose types pyright knows (`pyright --verifytypes`).
+TYPE_COMPLETENESS_GOAL = 0.95
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: the lint rules and the format configured in pyproject.toml, nothing suppressed by hand."""
-    session.install("ruff>=0.6")
+    """ruff (the rules and format of pyproject.toml, nothing suppressed by hand), then the type completeness of the
+    public API: `pyright --verifytypes hcl_array` (pyright from the npm registry, through PyPI's wrapper) must know
+    the types of at least TYPE_COMPLETENESS_GOAL of the exported symbols. It prints the score and the symbols it lacks.
+    """
+    session.install("ruff>=0.6", "pyright")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # pyright reads an installed package: an editable install is an import hook it cannot follow
+    session.install("--force-reinstall", "--no-deps", ".")
+    session.install("numpy", "array-api-compat")
+    session.run("pyright", "--verifytypes", "hcl_array", "--ignoreexternal", success_codes=[0, 1])
+    report = session.run(
+        "pyright", "--verifytypes", "hcl_array", "--ignoreexternal", "--outputjson", silent=True, success_codes=[0, 1]
+    )
+    score = json.loads(report)["typeCompleteness"]["completenessScore"]
+    session.log(f"type completeness of hcl_array: {score:.1%} (goal {TYPE_COMPLETENESS_GOAL:.0%})")
+    if score < TYPE_COMPLETENESS_GOAL:
+        session.error(f"pyright knows the types of {score:.1%} of hcl_array's public symbols, below the goal")
 
 
 @nox.session

@@ -1,14 +1,14 @@
-"""Watch collapse inside any training loop: a streaming monitor over the class statistics of metrics.py.
+"""Watch collapse inside any training loop: a streaming monitor over the class statistics of hcl_array.metrics.
 
 `CollapseMonitor` follows the torchmetrics / clu.metrics convention: `update(embeddings, labels)` per batch,
-`compute()` at the end of an epoch, `reset()` before the next. Its state is metrics.py's `CollapseState`
+`compute()` at the end of an epoch, `reset()` before the next. Its state is `metrics.CollapseState`
 (counts, class means, within-class scatter, per-class scatter: O(C d + d^2), whatever the number of rows), so
 `compute()` equals `collapse_report` on the concatenated batches. The statistics are sums over rows, so the
 states of several processes or devices merge into the global one (`merge_states`): two rounds of sums,
 torch.distributed.all_reduce under DDP, jax.lax.psum inside shard_map / pmap.
 
 For JAX the same state is a pytree of arrays and every step is a pure function: `collapse_init`,
-`collapse_update` and `collapse_compute` (from metrics.py, re-exported here) run inside a jitted train step.
+`collapse_update` and `collapse_compute` (from hcl_array.metrics, re-exported here) run inside a jitted train step.
 See docs/monitoring.md.
 """
 
