@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,13 +46,21 @@ def _site() -> str | None:
     return None
 
 
+_active = threading.local()
+
+
 def _counting(original, name: str, sites: Counter, when=None):
     @functools.wraps(original)
     def counted(*args, **kwargs):
-        site = _site()
-        if site is not None and (when is None or when(*args, **kwargs)):
-            sites[f"{site} ({name})"] += 1
-        return original(*args, **kwargs)
+        if getattr(_active, "depth", 0) == 0:  # a read made inside another (jax's __bool__ via __array__) is one
+            site = _site()
+            if site is not None and (when is None or when(*args, **kwargs)):
+                sites[f"{site} ({name})"] += 1
+        _active.depth = getattr(_active, "depth", 0) + 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _active.depth -= 1
 
     return counted
 
@@ -69,15 +78,31 @@ def _from_host(data, *args, **kwargs) -> bool:
     return isinstance(data, np.ndarray)
 
 
-@contextlib.contextmanager
-def count_syncs() -> Iterator[Counter]:
-    """A Counter of 'module:function (operation)' -> calls that would synchronize a GPU, filled while active."""
-    sites: Counter = Counter()
+def _torch_patches() -> list:
     patches = [(torch.Tensor, name, None) for name in _READS + _SIZED]
     patches += [(torch, name, None) for name in _SIZED + ("equal", "allclose")]
     patches += [(torch.Tensor, "__getitem__", _bool_index), (torch, "repeat_interleave", _unsized_repeat)]
     patches += [(torch.Tensor, "repeat_interleave", _unsized_repeat)]
-    patches += [(torch, name, _from_host) for name in ("asarray", "tensor", "from_numpy", "as_tensor")]
+    return patches + [(torch, name, _from_host) for name in ("asarray", "tensor", "from_numpy", "as_tensor")]
+
+
+def _jax_patches() -> list:
+    """The value reads of a JAX array (np.asarray goes through __array__)."""
+    from jax._src.array import ArrayImpl
+
+    return [(ArrayImpl, name, None) for name in ("__bool__", "__int__", "__float__", "__index__", "__array__")] + [
+        (ArrayImpl, name, None) for name in ("item", "tolist")
+    ]
+
+
+@contextlib.contextmanager
+def count_syncs(framework: str = "torch") -> Iterator[Counter]:
+    """A Counter of 'module:function (operation)' -> calls that would synchronize a GPU, filled while active.
+
+    framework: "torch" (reads, data-sized operations, copies from NumPy) or "jax" (reads of a jax.Array).
+    """
+    sites: Counter = Counter()
+    patches = _torch_patches() if framework == "torch" else _jax_patches()
     missing = object()
     saved = [(owner, name, owner.__dict__.get(name, missing)) for owner, name, _ in patches]
     try:

@@ -145,3 +145,40 @@ def test_a_training_epoch_reads_its_losses_once_not_once_per_step():
     """float(loss) after every step made the host wait for the GPU at each one; the epoch's losses now stay
     on the device and are read together. The training loop's own reads must not grow with the steps."""
     assert _training_syncs(batch_size=48) == _training_syncs(batch_size=12)  # 2 and 8 steps per epoch
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_monitor_update_reads_the_device_once(framework):
+    """Its value checks (finite rows, labels in range) in one read: torch read twice, JAX three times."""
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+    from hcl_array.monitor import CollapseMonitor
+
+    convert = torch.tensor if framework == "torch" else jnp.asarray
+    rng = np.random.default_rng(7)
+    embeddings, labels = convert(rng.normal(size=(64, 5))), convert(rng.integers(0, 4, 64))
+    monitor = CollapseMonitor(4)
+    monitor.update(embeddings, labels)  # warm-up: the state, and JAX's compilations
+    with count_syncs(framework) as first_pass:
+        monitor.update(embeddings, labels)
+    monitor.start_probe()
+    monitor.update_probe(embeddings, labels)
+    with count_syncs(framework) as second_pass:
+        monitor.update_probe(embeddings, labels)
+    assert sum(first_pass.values()) == 1 and sum(second_pass.values()) == 1, (first_pass, second_pass)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"), [("nan", "batch_embeddings contains NaN"), ("label", r"batch_labels must lie in \[0, ")]
+)
+def test_a_monitor_update_still_says_what_is_wrong(bad, message):
+    from hcl_array.monitor import CollapseMonitor
+
+    rng = np.random.default_rng(8)
+    embeddings, labels = rng.normal(size=(16, 3)), rng.integers(0, 4, 16)
+    if bad == "nan":
+        embeddings[5, 1] = np.nan
+    else:
+        labels[9] = 4
+    with pytest.raises(ValueError, match=message):
+        CollapseMonitor(4).update(torch.tensor(embeddings), torch.tensor(labels))
