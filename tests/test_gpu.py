@@ -120,9 +120,18 @@ def _assert_close(call: str, dtype: str, value: float, grad: np.ndarray, expecte
 # Every backend, path, dtype and call against NumPy float64
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("call", sorted(CALLS))
+def every_call_and_path(dtypes: list[str]):
+    """The test once per call, path and dtype."""
+
+    def parametrize(test):
+        test = pytest.mark.parametrize("dtype", dtypes)(test)
+        test = pytest.mark.parametrize("path", sorted(PATHS))(test)
+        return pytest.mark.parametrize("call", sorted(CALLS))(test)
+
+    return parametrize
+
+
+@every_call_and_path(dtypes=["float64", "float32", "bfloat16"])
 def test_torch_cuda_matches_numpy_float64(call, path, dtype):
     torch = _torch_cuda()
     options = _options(call, path)
@@ -139,9 +148,7 @@ def test_torch_cuda_matches_numpy_float64(call, path, dtype):
     _assert_close(call, dtype, float(value.detach()), z_cuda.grad.double().cpu().numpy(), expected)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("call", sorted(CALLS))
+@every_call_and_path(dtypes=["float64", "float32"])
 def test_cupy_matches_numpy_float64(call, path, dtype):
     cupy = _cupy()
     options = _options(call, path)
@@ -155,9 +162,7 @@ def test_cupy_matches_numpy_float64(call, path, dtype):
     _assert_close(call, dtype, float(value), cupy.asnumpy(grad).astype(np.float64), expected)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("call", sorted(CALLS))
+@every_call_and_path(dtypes=["float64", "float32", "bfloat16"])
 def test_jax_gpu_matches_numpy_float64(call, path, dtype):
     """float32 here is also the TF32 check: JAX's default GPU precision would miss 1e-5 (about 5e-4)."""
     jax, gpu = _jax_gpu()
