@@ -58,12 +58,16 @@ def _positive(counts: Array) -> Array:
 
 
 def merge_states(state: CollapseState, all_sum: AllSum, /) -> CollapseState:
-    """The global class statistics from each participant's own, with two rounds of `all_sum`.
+    r"""The global class statistics from each participant's own, with two rounds of `all_sum`.
 
-    Round 1 sums n_c and the class sums n_c mu_c, giving the global means mu_c. Round 2 sums each
+    Round 1 sums $n_c$ and the class sums $n_c \mu_c$, giving the global means $\mu_c$. Round 2 sums each
     participant's scatter about the global means (Chan et al., all terms positive semi-definite, so nothing
-    cancels): S = sum_r [S_r + D_r^T diag(n_r) D_r], s_c = sum_r [s_{c,r} + n_{c,r} norm(mu_{c,r} - mu_c)^2],
-    with D_r = M_r - M. Every participant gets the same result.
+    cancels), with $D_r = M_r - M$:
+
+    $$S = \sum_r \bigl[S_r + D_r^\top \operatorname{diag}(n_r)\, D_r\bigr], \qquad
+      s_c = \sum_r \bigl[s_{c,r} + n_{c,r} \lVert \mu_{c,r} - \mu_c \rVert^2\bigr].$$
+
+    Every participant gets the same result.
     """
     xp = namespace(state.means)
     num_classes, dim = state.means.shape
