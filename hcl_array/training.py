@@ -555,9 +555,9 @@ def train(
         for batch_number, indices in enumerate(epoch_batches):
             arguments = local_share(_batch_arguments(run, indices, epoch, batch_number), rank, size)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
-            batch_losses.append(float(run.backend.to_numpy(value)))
+            batch_losses.append(value)  # kept on the device: reading each would make the host wait for it
         train_embeddings, test_embeddings, scalars, spectrum = _evaluate(run, embed_fn)
-        scalars = {"loss": float(np.mean(batch_losses)), **scalars}
+        scalars = {"loss": _mean_on_host(run.backend, batch_losses), **scalars}
         for key, value in scalars.items():
             run.history.setdefault(key, []).append(value)
         run.class_means.append(_class_means(train_embeddings, run.dataset.y_train, run.dataset.num_classes))
@@ -572,6 +572,11 @@ def train(
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}
     return TrainResult(checkpoint, path, time.perf_counter() - started, history)
+
+
+def _mean_on_host(backend: Any, values: list[Array]) -> float:
+    """The float64 mean of the scalars of an epoch, read by the host in one transfer."""
+    return float(np.mean(backend.to_numpy(backend.xp.stack(values)).astype(np.float64))) if values else math.nan
 
 
 def _class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -62,11 +62,17 @@ class TorchBackend(BackendBase):
         return torch.Generator().manual_seed(seed)
 
     def from_numpy(self, array: np.ndarray, dtype: str | None = None, device: str | None = None) -> torch.Tensor:
-        """A tensor copy on `device` (default "cpu"), floats cast to dtype."""
+        """A tensor copy on `device` (default "cpu"), floats cast to dtype.
+
+        To a CUDA device the copy goes through pinned memory and does not block: the host goes on preparing
+        the next batch while the GPU works (a copy from pageable memory waits for the device first).
+        """
         check_dtype(dtype)
         array = np.asarray(array)
         target = _DTYPES[dtype] if dtype is not None and np.issubdtype(array.dtype, np.floating) else None
         try:
+            if device is not None and torch.device(device).type == "cuda":
+                return torch.tensor(array, dtype=target).pin_memory().to(device, non_blocking=True)
             return torch.tensor(array, dtype=target, device=device or "cpu")
         except (RuntimeError, AssertionError) as error:  # unknown or unavailable device
             raise ValueError(f"torch cannot place arrays on device {device!r} ({error})") from error
