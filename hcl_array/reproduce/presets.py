@@ -9,6 +9,7 @@ A preset is a shared `TrainConfig` (everything but the loss, beta and seed), opt
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "check_requirements",
     "get_preset",
     "preset_fields",
+    "select_settings",
 ]
 
 
@@ -183,6 +185,28 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"PRESET {name!r} is not one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def select_settings(preset: Preset, names: str | Sequence[str] | None) -> tuple[Setting, ...]:
+    """The settings of the preset's grid named in `names` (a comma-separated string or a sequence), in grid order.
+
+    None: the whole grid. Raises ValueError naming the valid names when a name is not in the grid, or when
+    none is given.
+    """
+    if names is None:
+        return preset.settings
+    wanted = [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]
+    wanted = [name for name in wanted if name]
+    valid = [setting.name for setting in preset.settings]
+    unknown = [name for name in wanted if name not in valid]
+    if unknown or not wanted:
+        problem = (
+            f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in"
+            if unknown
+            else "names no setting of"
+        )
+        raise ValueError(f"--settings: {problem} the {preset.name} grid; choose from {', '.join(valid)}")
+    return tuple(setting for setting in preset.settings if setting.name in wanted)
 
 
 def check_requirements(preset: Preset, data_dir: str | Path | None) -> None:
