@@ -290,7 +290,7 @@ def test_unknown_settings_are_a_one_line_error_naming_the_grid(tmp_path, monkeyp
     # before the data and GPU checks: the name is the first thing wrong with the command
     result = runner.invoke(app, ["reproduce", "cifar100", "--settings", "hucl-beta3"])
     assert result.exit_code == 1 and "'hucl-beta3' is not in the cifar100 grid" in result.output
-    assert "ucl, hucl-beta5, hucl-beta30" in result.output
+    assert "hucl-beta2, hucl-beta5, hucl-beta10, hucl-beta30" in result.output
 
 
 def _worker_threads() -> dict[str, object]:
@@ -461,3 +461,30 @@ def test_cifar100_preset_is_the_released_run_option_by_option() -> None:
         # one view with label ids: positives are the images of the anchor's label, not another view
         assert config.views == 1 and setting.loss in ("scl", "hscl", *INSTANCE_ID_LOSSES)
         assert resolve_augment(config.augment, config.data, config.loss, config.views, True) == "none"
+
+
+# The released grid: main/SCL/Visualization.ipynb and main/UCL/Visualization.ipynb each load the runs
+# easy0.0, hard2.0, hard5.0, hard10.0 and hard30.0 (named `--estimator` + `--beta`: UCL/train_mean_classifier.py:366).
+RELEASED_BETAS = (2.0, 5.0, 10.0, 30.0)
+RELEASED_GRID = [
+    ("scl", None),
+    *(("hscl", b) for b in RELEASED_BETAS),
+    ("ucl", None),
+    *(("hucl", b) for b in RELEASED_BETAS),
+]
+
+
+def test_cifar100_grid_is_the_released_grid_and_every_claim_says_what_it_needs() -> None:
+    preset = PRESETS["cifar100"]
+    assert [(setting.loss, setting.beta) for setting in preset.settings] == RELEASED_GRID
+    assert [s.name for s in preset.settings][5:] == ["ucl", "hucl-beta2", "hucl-beta5", "hucl-beta10", "hucl-beta30"]
+    hscl, hucl = ["hscl-beta2", "hscl-beta5", "hscl-beta10"], ["hucl-beta2", "hucl-beta5", "hucl-beta10"]
+    assert {claim.id: claim.missing for claim in check_claims(preset, {})} == {
+        "hscl-nearer-etf": ("scl", *hscl),
+        "hucl-nearer-etf": ("ucl", *hucl),
+        "scl-fewer-directions": ("scl", *hscl),
+        "ucl-fewer-directions": ("ucl", *hucl),
+        "hscl-beta-nearer-etf": tuple(hscl),
+        "hucl-beta-nearer-etf": tuple(hucl),  # the HUCL trend: only this grid has two moderate betas of HUCL
+        "hucl-breaks-at-large-beta": ("ucl", *hucl, "hucl-beta30"),
+    }
