@@ -29,9 +29,8 @@ Block by block (rows a:b of the anchors against all N columns; one block of N ro
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
     dL/du[a:b] += G u / tau,  dL/du += G^T u[a:b] / tau
 
-`anchor_sums` runs these blocks over given runs of anchor rows against all N columns: every row in one
-process (`value_and_grad`), a rank's own anchors of the gathered global batch across ranks
-(`hcl_array.distributed`, which sums the ranks' parts: one all-reduce, one reduce-scatter of dL/du).
+`anchor_sums` runs these blocks over runs of anchor rows: every row in one process (`value_and_grad`), a
+rank's anchors of the gathered batch (`hcl_array.distributed`: one all-reduce, one reduce-scatter of dL/du).
 
 Sampled negatives (`_SampledPass`, the paper's own estimator): per block, the running sums of the
 weights along each row are the unnormalized CDF of q_i; each anchor's k uniforms (drawn once per call by
@@ -157,7 +156,11 @@ class NumpyOps:
         x[index] -= values  # unique indices: nothing to accumulate
 
     def sum_by_row(self, values: Array, rows: Array, num_rows: int) -> Array:
-        return self.np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
+        if self.np is np:  # bincount: NumPy's fastest scatter-add
+            return np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
+        total = self.np.zeros(num_rows, dtype=values.dtype)  # cupy.bincount reads rows' min and max on the host
+        self.np.add.at(total, rows, values)
+        return total
 
     def log(self, x: Array) -> Array:
         return self.np.log(x)
@@ -191,8 +194,9 @@ class NumpyOps:
     def cumsum(self, x: Array) -> Array:
         return self.np.cumsum(x)
 
-    def to_list(self, x: Array) -> list[int]:
-        return [int(v) for v in x.tolist()]
+    def host_ints(self, *arrays: Array) -> list[int]:
+        """The integers of several arrays, flattened and concatenated, in one read by the host."""
+        return [int(v) for v in self.np.concatenate([a.reshape(-1) for a in arrays]).tolist()]
 
     def fill_(self, x: Array, value: float) -> None:
         x.fill(value)
@@ -239,18 +243,30 @@ class _Batch:
     order: Array  # rows sorted by id (stable)
     group_size: Array  # (N,): rows sharing row i's id, i itself included
     pair_base: Array  # (N,): pair p of row i (pairs numbered row by row) is with row order[p + pair_base[i]]
-    pair_offsets: list[int]  # row i's pairs are numbers pair_offsets[i] ... pair_offsets[i + 1] - 1
+    pair_offsets: dict[int, int]  # at each block's first row a (and at n): the number of the pairs of rows < a
+    divisor: int  # the segments' share of the loss's divisor (`_divisor_share`)
 
     @classmethod
-    def of(cls, ids: Array, config: LossConfig, like: Array, ops: Any) -> _Batch:
+    def of(
+        cls, ids: Array, config: LossConfig, like: Array, ops: Any, rows_per_block: int, segments: Segments
+    ) -> _Batch:
         n = ids.shape[0]
         order, group_start, group_end = ops.same_id_groups(ids)
         group_size = group_end - group_start
         pair_end = ops.cumsum(group_size)
-        pair_offsets = [0, *ops.to_list(pair_end)]
         not_self = 0 if config.include_self else 1
+        # One read by the host per call (on a GPU each read waits for the device): the pair numbers at the block
+        # bounds and at n, and for anchor_mean without self-pairs the rows alone with their id in each span.
+        bounds, pieces = _block_bounds(pair_end, rows_per_block, segments)
+        spans = list(dict.fromkeys(((0, n), *segments)))  # the batch's, then the segments' (once each)
+        alone = []
+        if config.reduction != "mean" and not config.include_self:
+            alone = [(_rows(group_size, *span) == 1).sum() for span in spans]
+        read = ops.host_ints(*pieces, *alone)
+        pair_offsets = dict(zip([0, *bounds], [0, *read[: len(bounds)]], strict=True))
+        alone_in = dict(zip(spans, read[len(bounds) :] or [0] * len(spans), strict=True))
         if config.candidates == "other-ids":
-            empty = pair_offsets[-1] == n * n  # one id for every row
+            empty = pair_offsets[n] == n * n  # one id for every row
             log_num_candidates = 0.0 if empty else ops.log(ops.astype(n - group_size, like))[:, None]
         else:
             empty = n - not_self == 0
@@ -259,14 +275,16 @@ class _Batch:
         if config.reduction == "anchor_mean":  # 1 / |P(i)| in the rows, 1 / #anchors with pairs outside
             pair_counts = group_size - not_self
             row_weight = 1.0 / ops.astype(pair_counts + (pair_counts == 0), like)
+        share = {span: _divisor_share(config, pair_offsets, *span, alone_in[span]) for span in spans}
         return cls(
-            empty=empty or _divisor_share(config, pair_offsets, group_size, 0, n) == 0,
+            empty=empty or share[0, n] == 0,
             log_num_candidates=log_num_candidates,
             row_weight=row_weight,
             order=order,
             group_size=group_size,
             pair_base=group_end - pair_end,
             pair_offsets=pair_offsets,
+            divisor=sum(share[tuple(segment)] for segment in segments),
         )
 
     def log_candidates(self, first_row: int, last_row: int) -> Array | float:
@@ -283,14 +301,30 @@ class _Batch:
         return local_row, ops.take(self.order, number + ops.take(_rows(self.pair_base, first_row, last_row), local_row))
 
 
-def _divisor_share(config: LossConfig, pair_offsets: list[int], group_size: Array, first: int, last: int) -> int:
-    """Anchors first .. last - 1's share of the loss's divisor: sum |P(i)| ("mean") or #{i : |P(i)| > 0}."""
+def _block_bounds(pair_end: Array, rows_per_block: int, segments: Segments) -> tuple[list[int], list[Array]]:
+    """The rows a > 0 where a block of the segments starts or ends (n among them), in order, and slices of
+    pair_end (the pair numbers of rows <= i) whose elements are the pair numbers of the rows < a."""
+    n = pair_end.shape[0]
+    bounds, pieces = [], []
+    for first, last in [*segments, (n, n)]:
+        if first > 0 and (not bounds or bounds[-1] != first):
+            bounds.append(first)
+            pieces.append(pair_end[first - 1 : first])
+        if first + rows_per_block < last:
+            bounds.extend(range(first + rows_per_block, last, rows_per_block))
+            pieces.append(pair_end[first + rows_per_block - 1 : last - 1 : rows_per_block])
+        if last > first:
+            bounds.append(last)
+            pieces.append(pair_end[last - 1 : last])
+    return bounds, pieces
+
+
+def _divisor_share(config: LossConfig, pair_offsets: dict[int, int], first: int, last: int, alone: int) -> int:
+    """Anchors first .. last - 1's share of the divisor: sum |P(i)| ("mean") or #{i : |P(i)| > 0} (`alone`: not)."""
     not_self = 0 if config.include_self else 1
     if config.reduction == "mean":  # row i has group_size[i] same-id pairs, (i, i) included
         return pair_offsets[last] - pair_offsets[first] - not_self * (last - first)
-    if config.include_self:
-        return last - first
-    return last - first - int((_rows(group_size, first, last) == 1).sum())
+    return last - first - alone
 
 
 def _rows(x: Array, first: int, last: int) -> Array:
@@ -532,14 +566,20 @@ class _SampledPass(_Pass):
 
 
 def _row_norms(z: Array, ops: Any) -> Array:
-    """||z_i||: the plain sum of squares, or, when it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
-    (as `formulas.row_norms`; the test is one reduction of (N, 1), the rescaled pass runs only then)."""
+    """||z_i||: the plain sum of squares, or, where it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
+    (as `formulas.row_norms`).
+
+    On the CPU the rescaled pass runs only when a test of the (N, 1) norms finds an overflow. On a GPU that
+    test would make the host wait for the device, so both are computed (two more passes over (N, d), small
+    beside the (N, N) work) and the rescaled norms taken where the plain ones are not finite.
+    """
     norm = ops.row_norms(z)
-    if math.isfinite(float(norm.max())):
+    if ops.on_cpu(z) and math.isfinite(float(norm.max())):
         return norm
     peak = ops.row_max(abs(z))
     peak = peak + (peak == 0)  # a zero row stays zero
-    return ops.row_norms(z / peak) * peak
+    rescaled = ops.row_norms(z / peak) * peak
+    return rescaled if ops.on_cpu(z) else ops.module.where(ops.module.isfinite(norm), norm, rescaled)
 
 
 @dataclass
@@ -591,11 +631,11 @@ def anchor_sums(
     z: (N, d) rows in the compute dtype; uniforms: the (N, k) draws of sampled negatives, for every row.
     """
     n, d = z.shape
-    batch = _Batch.of(ids, config, z, ops)
-    if batch.empty:
-        return None
     longest = max((last - first for first, last in segments), default=1)
     rows_per_block = max(min(block_rows(config.tile, n), longest), 1)
+    batch = _Batch.of(ids, config, z, ops, rows_per_block, segments)
+    if batch.empty:
+        return None
     sampled = config.negatives == "sampled"
     # a second block: the weights (tilt, or sampled: the CDF, then G), or G + G^T
     two_blocks = sampled or _beta(config) or _symmetric(rows_per_block, n, want_grad)
@@ -611,9 +651,8 @@ def anchor_sums(
     grad_u = next(buffers) if want_grad else None
     arguments = (u, batch, config, block_buffers, grad_u, ops)
     loss = (_SampledPass(*arguments, uniforms=uniforms) if sampled else _Pass(*arguments)).run(segments)
-    divisor = sum(_divisor_share(config, batch.pair_offsets, batch.group_size, *segment) for segment in segments)
     loss = ops.zeros((), z) if loss is None else loss  # no anchors here: a rank without samples
-    return AnchorSums(loss, divisor, grad_u, u, norm, floor, config.temperature, ops)
+    return AnchorSums(loss, batch.divisor, grad_u, u, norm, floor, config.temperature, ops)
 
 
 def value_and_grad(
@@ -635,8 +674,7 @@ def value_and_grad(
     if sums is None:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
     scale = 1.0 / max(sums.divisor, 1)
-    value = sums.loss * scale
-    return value, (None if sums.grad_u is None else sums.gradient(sums.grad_u, scale))
+    return sums.loss * scale, (None if sums.grad_u is None else sums.gradient(sums.grad_u, scale))
 
 
 def numpy_like_loss(

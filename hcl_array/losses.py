@@ -60,9 +60,6 @@ __all__ = [
     "PAPER_PRESET",
 ]
 
-#: The semantics of the paper's released code (github.com/rjiang03/HCL): unit-ball clip, tau = 1, the
-#: anchor is its own positive (and, for UCL, one of its negatives), k = 256 negatives drawn with
-#: replacement from the detached tilted distribution and averaged (lambda = 1), mean over all pairs.
 PAPER_PRESET: dict[str, Any] = {
     "normalize": "ball",
     "temperature": 1.0,
@@ -73,11 +70,19 @@ PAPER_PRESET: dict[str, Any] = {
     "reduction": "mean",
     "detach_weights": True,
 }
+r"""The semantics of the paper's released code (github.com/rjiang03/HCL): `hscl(z, y, beta=5.0, **PAPER_PRESET, rng=0)`.
 
-#: An alias of the per-call option kernel="array_api" for every call that leaves kernel="auto": set it
-#: to False to run the array-API code instead of the fused kernel everywhere (autograd through that
-#: code allows double backward, forward mode, functorch). Per call, prefer kernel=.
+Unit-ball clip, $\tau = 1$, the anchor is its own positive (and, for UCL, one of its negatives), $k = 256$
+negatives drawn with replacement from the detached tilted distribution and averaged ($\lambda = 1$), mean over
+all pairs.
+"""
+
 USE_FUSED_KERNEL = True
+"""A global alias of kernel="array_api" for every call that leaves kernel="auto" (per call, prefer kernel=).
+
+Set it to False to run the array-API code instead of the fused kernel everywhere (autograd through that code
+allows double backward, forward mode, functorch).
+"""
 
 
 def contrastive_loss(

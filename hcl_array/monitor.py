@@ -58,12 +58,16 @@ def _positive(counts: Array) -> Array:
 
 
 def merge_states(state: CollapseState, all_sum: AllSum, /) -> CollapseState:
-    """The global class statistics from each participant's own, with two rounds of `all_sum`.
+    r"""The global class statistics from each participant's own, with two rounds of `all_sum`.
 
-    Round 1 sums n_c and the class sums n_c mu_c, giving the global means mu_c. Round 2 sums each
+    Round 1 sums $n_c$ and the class sums $n_c \mu_c$, giving the global means $\mu_c$. Round 2 sums each
     participant's scatter about the global means (Chan et al., all terms positive semi-definite, so nothing
-    cancels): S = sum_r [S_r + D_r^T diag(n_r) D_r], s_c = sum_r [s_{c,r} + n_{c,r} norm(mu_{c,r} - mu_c)^2],
-    with D_r = M_r - M. Every participant gets the same result.
+    cancels), with $D_r = M_r - M$:
+
+    $$S = \sum_r \bigl[S_r + D_r^\top \operatorname{diag}(n_r)\, D_r\bigr], \qquad
+      s_c = \sum_r \bigl[s_{c,r} + n_{c,r} \lVert \mu_{c,r} - \mu_c \rVert^2\bigr].$$
+
+    Every participant gets the same result.
     """
     xp = namespace(state.means)
     num_classes, dim = state.means.shape
@@ -229,17 +233,19 @@ def _compiled(function: Callable[..., Any], like: Array) -> Callable[..., Any]:
     return _JIT_CACHE[function]
 
 
-def _batch_summary(embeddings: Array, labels: Array) -> tuple[Array, Array, Array]:
+def _batch_summary(embeddings: Array, labels: Array) -> Array:
+    """[all rows finite (0 or 1), smallest label, largest label]: one array, so one read by the host."""
     xp = namespace(embeddings)
-    return xp.all(xp.isfinite(embeddings)), xp.min(labels), xp.max(labels)
+    finite = xp.astype(xp.all(xp.isfinite(embeddings)), labels.dtype)
+    return xp.stack([finite, xp.min(labels), xp.max(labels)])
 
 
 def _check_traced_values(embeddings: Array, labels: Array, num_classes: int) -> None:
     """The value checks collapse_update skips under jax.jit (finite rows, labels in range), run for JAX input."""
     if not is_jax_array(embeddings) or embeddings.ndim != 2 or embeddings.shape[0] == 0 or labels.ndim != 1:
         return  # other backends check eagerly inside collapse_update; shape errors are raised there too
-    finite, lowest, highest = _compiled(_batch_summary, embeddings)(embeddings, labels)
-    if not bool(finite):
+    finite, lowest, highest = _compiled(_batch_summary, embeddings)(embeddings, labels).tolist()
+    if not finite:
         raise ValueError("batch_embeddings contains NaN or infinite values")
-    if int(lowest) < 0 or int(highest) >= num_classes:
+    if lowest < 0 or highest >= num_classes:
         raise ValueError(f"batch_labels must lie in [0, num_classes={num_classes})")

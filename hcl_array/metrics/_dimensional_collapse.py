@@ -24,12 +24,20 @@ def _rankme(singular_values: Array, eps: float) -> Array:
 
 
 def rankme(embeddings: Array, /, *, eps: float = 1e-7) -> Array:
-    """RankMe = exp(-sum_k p_k log p_k), p_k = sigma_k / sum(sigma) + eps, sigma = singular values of H (uncentred)."""
+    r"""RankMe (Garrido et al. 2023), the effective rank of $H$:
+
+    $$\exp\Bigl(-\sum_k p_k \log p_k\Bigr), \qquad p_k = \frac{\sigma_k}{\sum_j \sigma_j} + \varepsilon,$$
+
+    with $\sigma_k$ the singular values of $H$ (uncentred).
+    """
     return _rankme(_singular_values(embeddings), eps)
 
 
 def numerical_rank(embeddings: Array, /, *, rtol: float | None = None) -> Array:
-    """Number of singular values of H with sigma_k > rtol * sigma_1; rtol defaults to max(N, d) * eps."""
+    r"""The number of singular values of $H$ with $\sigma_k > \mathrm{rtol}\, \sigma_1$.
+
+    rtol defaults to $\max(N, d)\, \varepsilon$.
+    """
     singular_values = _singular_values(embeddings)
     xp = namespace(singular_values)
     if rtol is None:
@@ -38,17 +46,17 @@ def numerical_rank(embeddings: Array, /, *, rtol: float | None = None) -> Array:
 
 
 def stable_rank(embeddings: Array, /) -> Array:
-    """sum_k sigma_k^2 / sigma_1^2 = norm_F(H)^2 / norm_2(H)^2 (0 for an all-zero H)."""
+    r"""$\sum_k \sigma_k^2 / \sigma_1^2 = \lVert H \rVert_F^2 / \lVert H \rVert_2^2$ (0 for an all-zero $H$)."""
     singular_values = _singular_values(embeddings)
     xp = namespace(singular_values)
     return xp.sum(singular_values**2) / _nonzero(xp.max(singular_values) ** 2)
 
 
 def embedding_spectrum(embeddings: Array, /) -> Array:
-    """log of the singular values of the covariance of the sphere-normalized rows (Jing et al. 2022), descending.
+    r"""The log eigenvalues of the covariance of the sphere-normalized rows (Jing et al. 2022), descending.
 
-    Covariance = Z~^T Z~ / N with Z~ the centred normalized rows, computed as sigma_k(Z~)^2 / N from svdvals;
-    values below (max(N, d) eps)^2 (rounding noise; the normalized rows have norm <= 1) are floored there.
+    The covariance is $\tilde Z^\top \tilde Z / N$ with $\tilde Z$ the centred normalized rows, computed as
+    $\sigma_k(\tilde Z)^2 / N$; values below $(\max(N, d)\, \varepsilon)^2$ (rounding noise) are floored there.
     """
     data = _check_embeddings(embeddings)
     xp = namespace(data)
@@ -61,7 +69,10 @@ def embedding_spectrum(embeddings: Array, /) -> Array:
 
 
 def alignment(embeddings: Array, positive_embeddings: Array, /) -> Array:
-    """Wang & Isola alignment: mean_i norm(f(x_i) - f(x_i^+))^2 on sphere-normalized rows (row i pairs with row i)."""
+    r"""Wang & Isola alignment $\frac{1}{N} \sum_i \lVert z_i - z_i^+ \rVert^2$ on sphere-normalized rows.
+
+    Row $i$ of `embeddings` and row $i$ of `positive_embeddings` are a positive pair.
+    """
     anchors = _normalize_rows(_check_embeddings(embeddings))
     positives = _normalize_rows(_check_embeddings(positive_embeddings, "positive_embeddings"))
     if positives.shape != anchors.shape:
@@ -72,10 +83,10 @@ def alignment(embeddings: Array, positive_embeddings: Array, /) -> Array:
 
 
 def uniformity(embeddings: Array, /, *, t: float = 2.0, chunk_size: int = 1024) -> Array:
-    """Wang & Isola uniformity: log mean_{i<j} exp(-t norm(z_i - z_j)^2) on sphere-normalized rows.
+    r"""Wang & Isola uniformity $\log \operatorname{mean}_{i < j} e^{-t \lVert z_i - z_j \rVert^2}$ (unit rows).
 
-    Chunks of `chunk_size` rows against all rows (memory O(chunk_size * N)); each chunk is a max-shifted
-    log-sum-exp and the chunks are combined with a second shift.
+    Chunks of `chunk_size` rows against all rows (memory $O(\text{chunk\_size} \cdot N)$); each chunk is a
+    max-shifted log-sum-exp, and the chunks are combined with a second shift.
     """
     rows = _normalize_rows(_check_embeddings(embeddings))
     num_rows = rows.shape[0]

@@ -216,41 +216,57 @@ def _class_geometry(embeddings: Array, labels: Array, num_classes: int | None) -
 
 
 def class_means(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """(C, d) class means mu_c = sum_{y_i = c} h_i / n_c; rows of empty classes are 0."""
+    r"""The $(C, d)$ class means $\mu_c = \frac{1}{n_c} \sum_{i:\, y_i = c} h_i$; rows of empty classes are 0."""
     return _statistics(embeddings, labels, num_classes).means
 
 
 def unit_norm(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """(1/C') sum_c abs(norm(mu_c) - 1): 0 when every class mean lies on the unit sphere."""
+    r"""Unit-norm condition $\frac{1}{C'} \sum_c \bigl\lvert \lVert \mu_c \rVert - 1 \bigr\rvert$.
+
+    0 when every class mean lies on the unit sphere (at neural collapse).
+    """
     return _unit_norm(_class_geometry(embeddings, labels, num_classes))
 
 
 def zero_sum(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """norm((1/C') sum_c mu_c) = norm(mu_G): 0 when the class means sum to zero."""
+    r"""Zero-sum condition $\lVert \mu_G \rVert = \bigl\lVert \frac{1}{C'} \sum_c \mu_c \bigr\rVert$.
+
+    0 when the class means sum to zero (at neural collapse).
+    """
     return _zero_sum(_class_geometry(embeddings, labels, num_classes))
 
 
 def equal_inner_product(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """mean over a != b of abs(cos(mu_a, mu_b) + 1/(C'-1)), uncentred means (the paper's condition)."""
+    r"""The paper's equal-inner-product condition, on the uncentred means:
+
+    $$\operatorname{mean}_{a \ne b} \Bigl\lvert \cos(\mu_a, \mu_b) + \frac{1}{C' - 1} \Bigr\rvert,$$
+
+    0 at a simplex ETF.
+    """
     return _equal_inner_product(_class_geometry(embeddings, labels, num_classes))
 
 
 def class_mean_spectrum(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """log(s_k / s_1) for the min(C, d) singular values s_k of cov(M) (classes as observations), descending.
+    r"""$\log(s_k / s_1)$ for the $\min(C, d)$ eigenvalues $s_k$ of $\operatorname{cov}(M)$ (classes as observations).
 
-    Computed as 2 log(sigma_k / sigma_1) from svdvals of the centred means M~. Flat at 0 over C-1 values at
-    neural collapse; values below the numerical-rank cut-off are reported as 2 log(rtol) (finite, not -inf).
+    Descending; computed as $2 \log(\sigma_k / \sigma_1)$ from the singular values of the centred means $\tilde M$.
+    Flat at 0 over $C - 1$ values at neural collapse; values below the numerical-rank cut-off are reported as
+    $2 \log(\mathrm{rtol})$ (finite, not $-\infty$).
     """
     geometry = _class_geometry(embeddings, labels, num_classes)
     return _class_mean_spectrum(geometry, _mean_spectrum(geometry, vectors=False))
 
 
 def nc1(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """NC1 = tr(Sigma_W Sigma_B^+) / C', Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(.)^T, Sigma_B = M~^T M~ / C'.
+    r"""Within-class variability relative to the between-class spread (Papyan et al. 2020):
 
-    Evaluated in class space: with the thin SVD M~ = U diag(sigma) V^T, NC1 = sum_k v_k^T Sigma_W v_k / sigma_k^2
-    over sigma_k above the cut-off max(C, d) eps sigma_1 (array-API default rtol; plus a rounding floor).
-    No between-class spread (all means equal) gives 0, as the pseudo-inverse of 0 is 0.
+    $$\mathrm{NC1} = \frac{1}{C'} \operatorname{tr}\bigl(\Sigma_W \Sigma_B^{+}\bigr), \qquad
+      \Sigma_W = \frac{1}{N} \sum_i (h_i - \mu_{y_i})(h_i - \mu_{y_i})^\top, \qquad
+      \Sigma_B = \frac{1}{C'} \tilde M^\top \tilde M.$$
+
+    Evaluated in class space, $\sum_k v_k^\top \Sigma_W v_k / \sigma_k^2$ over the thin SVD of $\tilde M$, keeping
+    $\sigma_k$ above $\max(C, d)\, \varepsilon\, \sigma_1$. 0 at neural collapse, and 0 without between-class
+    spread (the pseudo-inverse of 0 is 0).
     """
     state = _statistics(embeddings, labels, num_classes, scatter=True)
     geometry = _geometry(state)
@@ -258,41 +274,68 @@ def nc1(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) 
 
 
 def nc1_quotient(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """tr(Sigma_W) / tr(Sigma_B); 0 when both are 0 (e.g. all rows identical), inf when only Sigma_B is 0."""
+    r"""$\operatorname{tr}(\Sigma_W) / \operatorname{tr}(\Sigma_B)$: 0 at neural collapse.
+
+    0 when both traces are 0 (e.g. all rows identical), $+\infty$ when only $\Sigma_B$ is 0.
+    """
     state = _statistics(embeddings, labels, num_classes)
     return _nc1_quotient(_geometry(state), state)
 
 
 def cdnv(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """Class-distance normalized variance: mean over a < b of (Var_a + Var_b) / (2 norm(mu_a - mu_b)^2).
+    r"""Class-distance normalized variance (Galanti et al. 2022):
 
-    Var_c = mean_{i in c} norm(h_i - mu_c)^2 (0 for a single-row class). A pair with equal means counts 0 if
-    both variances are 0, inf otherwise.
+    $$\operatorname{mean}_{a < b} \frac{\sigma_a^2 + \sigma_b^2}{2 \lVert \mu_a - \mu_b \rVert^2}, \qquad
+      \sigma_c^2 = \operatorname{mean}_{i \in c} \lVert h_i - \mu_c \rVert^2,$$
+
+    0 at neural collapse. A pair with equal means counts 0 if both variances are 0, $+\infty$ otherwise.
     """
     state = _statistics(embeddings, labels, num_classes)
     return _cdnv(_geometry(state), state)
 
 
 def equinorm(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """NC2 equinorm: std_c norm(mu_c - mu_G) / mean_c norm(mu_c - mu_G) (population std; 0 if all means equal)."""
+    r"""NC2 equinorm: $\operatorname{std}_c r_c / \operatorname{mean}_c r_c$, $r_c = \lVert \mu_c - \mu_G \rVert$.
+
+    Population std; 0 at neural collapse, and 0 if all means are equal.
+    """
     return _equinorm(_class_geometry(embeddings, labels, num_classes))
 
 
 def equiangularity(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """NC2 equiangularity: std over a != b of cos(mu_a - mu_G, mu_b - mu_G) (population std)."""
+    r"""NC2 equiangularity: $\operatorname{std}_{a \ne b} \cos(\mu_a - \mu_G, \mu_b - \mu_G)$ (population std).
+
+    0 at neural collapse.
+    """
     return _equiangularity(_class_geometry(embeddings, labels, num_classes))
 
 
 def max_angle(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """NC2 max-angle: mean over a != b of abs(cos(mu_a - mu_G, mu_b - mu_G) + 1/(C'-1)) (centred means)."""
+    r"""NC2 max-angle, on the centred means:
+
+    $$\operatorname{mean}_{a \ne b} \Bigl\lvert \cos(\mu_a - \mu_G, \mu_b - \mu_G) + \frac{1}{C' - 1} \Bigr\rvert,$$
+
+    0 at neural collapse.
+    """
     return _max_angle(_class_geometry(embeddings, labels, num_classes))
 
 
 def etf_distance(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """norm_F(M~M~^T / norm_F(M~M~^T) - (I - 11^T/C') / sqrt(C'-1)), in [0, 2]; 1 when all means are equal."""
+    r"""Distance of the centred means' Gram to the simplex ETF's, in $[0, 2]$:
+
+    $$\Bigl\lVert \frac{\tilde M \tilde M^\top}{\lVert \tilde M \tilde M^\top \rVert_F}
+      - \frac{I - \mathbf{1}\mathbf{1}^\top / C'}{\sqrt{C' - 1}} \Bigr\rVert_F,$$
+
+    0 at neural collapse, 1 when all means are equal.
+    """
     return _etf_distance(_class_geometry(embeddings, labels, num_classes))
 
 
 def orthogonal_frame_distance(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """norm_F(MM^T / norm_F(MM^T) - I / sqrt(C')), uncentred means: 0 at an orthogonal frame."""
+    r"""Distance of the uncentred means' Gram to an orthogonal frame's:
+
+    $$\Bigl\lVert \frac{M M^\top}{\lVert M M^\top \rVert_F} - \frac{I}{\sqrt{C'}} \Bigr\rVert_F,$$
+
+    0 at an orthogonal frame, $\sqrt{2 - 2\sqrt{1 - 1/C}}$ at a simplex ETF.
+    """
     return _orthogonal_frame_distance(_class_geometry(embeddings, labels, num_classes))

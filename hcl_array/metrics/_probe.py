@@ -23,11 +23,11 @@ Array = Any
 
 
 class ProbeState(NamedTuple):
-    """Second-pass accumulator: statistics of rows against class means fixed in advance.
+    r"""Second-pass accumulator: statistics of rows against class means fixed in advance.
 
-    class_means (C, d): the data's own class means (from a first pass), for the within-class variation;
-    classifier_means (C, d) and classifier_present (C,): the means the mean-classifier and NCC use (a
-    reference set's, or class_means); counts (C,), distance_sums (C,) = sum_{i in c} norm(h_i - mu_c),
+    class_means $(C, d)$: the data's own class means (from a first pass), for the within-class variation;
+    classifier_means $(C, d)$ and classifier_present $(C,)$: the means the mean-classifier and NCC use (a
+    reference set's, or class_means); counts $(C,)$, distance_sums $(C,)$ $= \sum_{i \in c} \lVert h_i - \mu_c \rVert$,
     mean_classifier_hits and ncc_hits: numbers of correctly classified rows.
     """
 
@@ -125,21 +125,30 @@ def _one_shot_probe(
 
 
 def within_class_variation(embeddings: Array, labels: Array, /, *, num_classes: int | None = None) -> Array:
-    """(1/C') sum_c mean_{i in c} norm(h_i - mu_c): 0 when every class collapses to its mean."""
+    r"""Within-class variation $\frac{1}{C'} \sum_c \operatorname{mean}_{i \in c} \lVert h_i - \mu_c \rVert$.
+
+    0 when every class collapses to its mean (at neural collapse).
+    """
     return _probe_metrics(_one_shot_probe(embeddings, labels, num_classes, None))["within_class_variation"]
 
 
 def mean_classifier_accuracy(
     embeddings: Array, labels: Array, /, *, num_classes: int | None = None, reference: tuple[Array, Array] | None = None
 ) -> Array:
-    """Fraction of rows with argmax_c <h, mu_c> = y; means of `reference` = (embeddings, labels), else of the data."""
+    r"""Share of rows with $\arg\max_c \langle h, \mu_c \rangle = y$: 1 at neural collapse.
+
+    The means are those of `reference` = (embeddings, labels) when given, else of the data itself.
+    """
     return _probe_metrics(_one_shot_probe(embeddings, labels, num_classes, reference))["mean_classifier_accuracy"]
 
 
 def ncc_accuracy(
     embeddings: Array, labels: Array, /, *, num_classes: int | None = None, reference: tuple[Array, Array] | None = None
 ) -> Array:
-    """Nearest-class-centre accuracy: argmin_c norm(h - mu_c) = y; means from `reference` or the data itself."""
+    r"""Nearest-class-centre accuracy, the share of rows with $\arg\min_c \lVert h - \mu_c \rVert = y$.
+
+    1 at neural collapse; the means come from `reference` or the data itself.
+    """
     return _probe_metrics(_one_shot_probe(embeddings, labels, num_classes, reference))["ncc_accuracy"]
 
 
@@ -155,11 +164,12 @@ def knn_accuracy(
     temperature: float = 0.1,
     chunk_size: int = 1024,
 ) -> Array:
-    """Weighted kNN accuracy (the usual SSL monitor): cosine similarity s to the reference rows, the k most
-    similar vote for their class with weight exp(s / tau); predict the class with the largest total.
+    r"""Weighted kNN accuracy (the usual self-supervised monitor).
 
-    k is clipped to the reference size; ties at the k-th similarity all vote. Queries run in chunks of
-    `chunk_size` rows, so memory is O(chunk_size * N_ref).
+    With $s$ the cosine similarity to the reference rows, the $k$ most similar vote for their class with weight
+    $e^{s / \tau}$, and the class with the largest total is predicted. $k$ is clipped to the reference size;
+    ties at the $k$-th similarity all vote. Queries run in chunks of `chunk_size` rows, so memory is
+    $O(\text{chunk\_size} \cdot N_{\mathrm{ref}})$.
     """
     data, labels, num_classes = _prepare(embeddings, labels, num_classes)
     reference = _check_embeddings(reference_embeddings, "reference_embeddings")

@@ -82,7 +82,9 @@ REPORT_KEYS = (
     "mean_classifier_accuracy",
     "spectrum",
 )
+"""The keys of `collapse_report`, `collapse_result` (with a probe) and `CollapseMonitor.compute`, in order."""
 PROBE_KEYS = ("within_class_variation", "ncc_accuracy", "mean_classifier_accuracy")
+"""The keys of `collapse_report` that need the final class means: a streaming second pass (`probe_update`)."""
 
 
 def _ordered(metrics: dict[str, Array]) -> dict[str, Array]:
@@ -99,12 +101,12 @@ def metrics_to_host(metrics: dict[str, Array]) -> dict[str, Any]:
 def collapse_report(
     embeddings: Array, labels: Array, /, *, num_classes: int | None = None, reference: tuple[Array, Array] | None = None
 ) -> dict[str, Any]:
-    """Every collapse metric of (H, y) at once, as Python floats (and `spectrum` as a NumPy float64 array).
+    r"""Every collapse metric of $(H, y)$ at once, as Python floats (and `spectrum` as a NumPy float64 array).
 
     Keys: unit_norm, zero_sum, equal_inner_product, within_class_variation, nc1, nc1_quotient, cdnv, equinorm,
     equiangularity, max_angle, etf_distance, orthogonal_frame_distance, rankme, ncc_accuracy,
     mean_classifier_accuracy, spectrum. The accuracies use the class means of `reference` =
     (reference_embeddings, reference_labels) when given, else those of `embeddings`. RankMe is read from
-    eigvalsh of the (d, d) Gram, as in `collapse_result` (the `rankme` function takes svdvals of the rows).
+    eigvalsh of the $(d, d)$ Gram, as in `collapse_result` (the `rankme` function takes svdvals of the rows).
     """
     return metrics_to_host(collapse_metrics(embeddings, labels, num_classes=num_classes, reference=reference))

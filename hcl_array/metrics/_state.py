@@ -18,13 +18,13 @@ Array = Any
 
 
 class CollapseState(NamedTuple):
-    """Class statistics of the rows seen so far; memory O(C d + d^2). A checkpoint is just these arrays.
+    r"""Class statistics of the rows seen so far; memory $O(C d + d^2)$. A checkpoint is just these arrays.
 
-    counts (C,): rows per class; means (C, d): class means mu_c (zero rows for empty classes);
-    within_scatter (d, d): sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T; class_scatter (C,):
-    sum_{i in c} norm(h_i - mu_c)^2. within_scatter is None where a one-shot metric does not need it.
-    The uncentred Gram H^T H (RankMe when streaming) is not stored: it equals
-    within_scatter + M^T diag(counts) M, a sum of positive semi-definite terms (no cancellation).
+    counts $(C,)$: rows per class; means $(C, d)$: the class means $\mu_c$ (zero rows for empty classes);
+    within_scatter $(d, d)$: $\sum_i (h_i - \mu_{y_i})(h_i - \mu_{y_i})^\top$; class_scatter $(C,)$:
+    $\sum_{i \in c} \lVert h_i - \mu_c \rVert^2$. within_scatter is None where a one-shot metric does not need it.
+    The uncentred Gram $H^\top H$ (RankMe when streaming) is not stored: it equals
+    within_scatter $+ M^\top \operatorname{diag}(n) M$, a sum of positive semi-definite terms (no cancellation).
     """
 
     counts: Array

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from .._array_api import concrete_bool, device, namespace, supports_float64
-from ._common import _check_embeddings, _check_labels
+from ._common import _check_embeddings, _check_labels, _values_plausible
 from ._dimensional_collapse import _gram_rankme
 from ._merging import _add_probes, _merge
 from ._probe import ProbeState, _empty_probe, _probe_metrics, _row_probe
@@ -24,10 +24,10 @@ Array = Any
 def collapse_init(
     num_classes: int, dim: int, *, xp: ModuleType | None = None, dtype: Any = None, device: Any = None
 ) -> CollapseState:
-    """Empty class statistics for streaming: counts, means (C, d) and the scatters, all zero.
+    r"""Empty class statistics for streaming: counts, means $(C, d)$ and the scatters, all zero.
 
     xp defaults to array_api_compat.numpy; dtype to float64 where the backend has it (else float32).
-    Memory O(C d + d^2), independent of the number of rows.
+    Memory $O(C d + d^2)$, independent of the number of rows.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -50,11 +50,14 @@ def _batch(state_means: Array, batch_embeddings: Array, batch_labels: Array) -> 
     """A validated batch in the state's dtype, or None for a batch with no rows."""
     if batch_embeddings.ndim == 2 and batch_embeddings.shape[0] == 0:
         return None
-    data = _check_embeddings(batch_embeddings, "batch_embeddings")
+    data = _check_embeddings(batch_embeddings, "batch_embeddings", values=False)
     num_classes, dim = state_means.shape
     if data.shape[1] != dim:
         raise ValueError(f"batch_embeddings have dimension {data.shape[1]}, the state was initialized with dim={dim}")
-    labels, _ = _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels")
+    labels, _ = _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels", values=False)
+    if not _values_plausible(data, labels, num_classes):  # the value checks, for the message of what is wrong
+        _check_embeddings(batch_embeddings, "batch_embeddings")
+        _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels")
     return namespace(data).astype(data, state_means.dtype, copy=False), labels
 
 
@@ -94,14 +97,15 @@ def collapse_compute(state: CollapseState, probe: ProbeState | None = None, /) -
 
 
 def collapse_result(state: CollapseState, probe: ProbeState | None = None, /) -> dict[str, Any]:
-    """The streaming `collapse_report`, as Python floats (and `spectrum` as a NumPy float64 array).
+    r"""The streaming `collapse_report`, as Python floats (and `spectrum` as a NumPy float64 array).
 
     From `state` alone (one pass): unit_norm, zero_sum, equal_inner_product, nc1, nc1_quotient, cdnv, equinorm,
     equiangularity, max_angle, etf_distance, orthogonal_frame_distance, rankme, spectrum. With a `probe`
     (second pass, seeded by `probe_init(state)`): also within_class_variation, ncc_accuracy and
-    mean_classifier_accuracy, i.e. every key of `collapse_report`. RankMe here uses sigma_k = sqrt(eigvalsh(H^T H))
-    of the streamed uncentred Gram (no N x d matrix to take svdvals of): exact for well-conditioned H, but
-    singular values below ~sqrt(eps) sigma_1 are resolved only to ~sqrt(eps) sigma_1.
+    mean_classifier_accuracy, i.e. every key of `collapse_report`. RankMe here uses
+    $\sigma_k = \sqrt{\operatorname{eigvalsh}(H^\top H)}$ of the streamed uncentred Gram (no $N \times d$ matrix
+    to take svdvals of): exact for well-conditioned $H$, but singular values below about
+    $\sqrt{\varepsilon}\, \sigma_1$ are resolved only to that.
     """
     xp = namespace(state.means)
     if concrete_bool(xp.sum(state.counts) > 0) is False:
@@ -117,7 +121,7 @@ def streaming_collapse_report(
     reference_batches: Callable[[], Iterable[tuple[Array, Array]]] | None = None,
     second_pass: bool = True,
 ) -> dict[str, Any]:
-    """`collapse_report` for data given as batches: `batches()` returns a fresh iterable of (H_b, y_b).
+    r"""`collapse_report` for data given as batches: `batches()` returns a fresh iterable of $(H_b, y_b)$.
 
     Pass 1 accumulates the class statistics; pass 2 (second_pass=True, calls `batches()` again) adds the
     within-class variation and the accuracies, against the class means of `reference_batches()` if given.
