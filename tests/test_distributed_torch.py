@@ -1,6 +1,6 @@
 """group= on torch.distributed (gloo, CPU): every rank's loss and gradient against one process on the whole batch.
 
-Three processes start once for the whole module: each computes every case of CASES over the world
+Three processes start once for the whole module: each computes every case of CASES (and EXTRA_CASES) over the world
 group (3 ranks) and over a subgroup of ranks 0 and 1 (2 ranks), on both distributed paths (the fused
 kernel on each rank's anchors, and the array-API row blocks), with torch tensors (autograd) and NumPy
 arrays (return_grad), and per-anchor values (reduction="none"), and returns its numbers and the paths that
@@ -47,7 +47,30 @@ KERNEL_CASES = {
     "self_all_mean",
     "sampled_rng",
     "paper_preset",
+    "anchor_mean_alone",
+    "sampled_uniforms",
 }
+#: kernel cases beyond the shared table (torch only), name -> (loss, options, labels of rows): labels of which
+#: some occur once (anchor_mean's divisor counts, rank by rank, the anchors that have positives), and sampled
+#: negatives from the global uniforms= array every rank passes
+EXTRA_CASES: dict[str, tuple[str, dict[str, Any], np.ndarray]] = {
+    "anchor_mean_alone": ("hscl", {"beta": 2.0, "reduction": "anchor_mean"}, np.array([0, 1, 2, 3, 0, 1, 5, 6])),
+    "sampled_uniforms": (
+        "hscl",
+        {"beta": 1.0, "negatives": "sampled", "k": 3, "uniforms": np.random.default_rng(4).random((len(LABELS), 3))},
+        LABELS,
+    ),
+}
+ALL_CASES = sorted([*CASES, *EXTRA_CASES])
+
+
+def _batch(name: str) -> tuple[str, dict[str, Any], np.ndarray, np.ndarray | None, str]:
+    """(loss, options, global embeddings, global labels or None, layout) of a case of CASES or EXTRA_CASES."""
+    if name in CASES:
+        loss_name, options, layout = CASES[name]
+        return loss_name, options, *global_batch(layout), layout
+    loss_name, options, labels = EXTRA_CASES[name]
+    return loss_name, options, global_batch("rows")[0], labels, "rows"
 
 
 def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
@@ -59,8 +82,7 @@ def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
 
 def _case(name: str, rank: int, sizes: list[int], group: Any, kernel: str = "auto") -> dict[str, Any]:
     """The case on torch tensors through autograd, and the paths that ran."""
-    loss_name, options, layout = CASES[name]
-    z, ids = global_batch(layout)
+    loss_name, options, z, ids, _ = _batch(name)
     local = _local(z, rank, sizes).requires_grad_(True)
     with pytest.MonkeyPatch.context() as patch:
         ran = record_paths(patch)
@@ -71,8 +93,7 @@ def _case(name: str, rank: int, sizes: list[int], group: Any, kernel: str = "aut
 
 def _numpy_case(name: str, rank: int, sizes: list[int], group: Any, kernel: str) -> dict[str, Any]:
     """The case on NumPy arrays over the same group: (value, gradient) by return_grad."""
-    loss_name, options, layout = CASES[name]
-    z, ids = global_batch(layout)
+    loss_name, options, z, ids, _ = _batch(name)
     local = _local(z, rank, sizes).numpy()
     labels = None if ids is None else _local(ids, rank, sizes).numpy()
     with pytest.MonkeyPatch.context() as patch:
@@ -83,14 +104,17 @@ def _numpy_case(name: str, rank: int, sizes: list[int], group: Any, kernel: str)
 
 def _per_anchor_case(name: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     """reduction="none": this rank's per-anchor values, and the gradient of their weighted sum (weights: this
-    rank's entries of one global weight vector, so that the ranks' cotangents differ)."""
-    loss_name, options, layout = CASES[name]
-    z, ids = global_batch(layout)
+    rank's entries of one global weight vector, so that the ranks' cotangents differ), and the paths that ran."""
+    loss_name, options, z, ids, layout = _batch(name)
     local = _local(z, rank, sizes).requires_grad_(True)
-    values = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, **{**options, "reduction": "none"})
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        per_anchor = {**options, "reduction": "none"}
+        values = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, **per_anchor)
     weights = _per_anchor_weights(layout)[_local_anchors(layout, rank, sizes)]
     (values * torch.tensor(weights)).sum().backward()
-    return {"values": values.detach().numpy(), "grad": local.grad.numpy()}
+    paths = sorted({path for path, _ in ran})
+    return {"values": values.detach().numpy(), "grad": local.grad.numpy(), "paths": paths}
 
 
 def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
@@ -135,7 +159,7 @@ def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, An
 
 def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     out: dict[Any, Any] = {}
-    for name in CASES:
+    for name in ALL_CASES:
         for kernel in KERNELS:
             out[name, kernel] = _case(name, rank, sizes, group, kernel)
             out["numpy", name, kernel] = _numpy_case(name, rank, sizes, group, kernel)
@@ -250,8 +274,12 @@ def ranks(request: pytest.FixtureRequest, by_world: dict[int, list[dict[str, Any
 
 
 def single_process(loss_name: str, options: dict[str, Any], layout: str) -> tuple[float, np.ndarray]:
-    """The loss of the whole batch in one process, and its gradient."""
     z, ids = global_batch(layout)
+    return _single_process_on(loss_name, options, z, ids)
+
+
+def _single_process_on(loss_name: str, options: dict[str, Any], z: np.ndarray, ids: Any) -> tuple[float, np.ndarray]:
+    """The loss of the whole batch in one process, and its gradient."""
     tensor = torch.tensor(z, requires_grad=True)
     value = getattr(hcl, loss_name)(tensor, None if ids is None else torch.tensor(ids), **options)
     value.backward()
@@ -280,10 +308,10 @@ def _expected_path(name: str, kernel: str) -> list[str]:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ALL_CASES)
 def test_every_rank_gets_the_single_process_value_and_gradient(ranks: list[dict], name: str, kernel: str) -> None:
     """Path: the fused kernel on each rank for KERNEL_CASES with kernel="auto", else the row blocks."""
-    expected_value, expected_grad = single_process(*CASES[name])
+    expected_value, expected_grad = _single_process_on(*_batch(name)[:4])
     sizes = SIZES[len(ranks)]
     assert np.isfinite(expected_value) and np.abs(expected_grad).max() > 0
     for rank, out in enumerate(ranks):
@@ -295,10 +323,10 @@ def test_every_rank_gets_the_single_process_value_and_gradient(ranks: list[dict]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ALL_CASES)
 def test_numpy_arrays_over_the_group_get_the_exact_share(ranks: list[dict], name: str, kernel: str) -> None:
     """Path: as for torch; NumPy arrays travel as zero-copy tensors, return_grad gives the exact share."""
-    expected_value, expected_grad = single_process(*CASES[name])
+    expected_value, expected_grad = _single_process_on(*_batch(name)[:4])
     sizes = SIZES[len(ranks)]
     for rank, out in enumerate(ranks):
         result = out["numpy", name, kernel]
@@ -307,13 +335,12 @@ def test_numpy_arrays_over_the_group_get_the_exact_share(ranks: list[dict], name
         np.testing.assert_allclose(result["grad"], _rows_of(expected_grad, rank, sizes), atol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ALL_CASES)
 def test_per_anchor_values_are_the_global_terms_of_each_rank_rows(ranks: list[dict], name: str) -> None:
-    """reduction="none": each rank gets its rows' entries of the single-process per-anchor values, and the
-    backward pass of weighted sums that differ from rank to rank gives each rank its rows of the gradient of
-    the total (the sum over ranks), with no world-size factor."""
-    loss_name, options, layout = CASES[name]
-    z, ids = global_batch(layout)
+    """reduction="none" (path: the row blocks): each rank gets its rows' entries of the single-process per-anchor
+    values, and the backward pass of weighted sums that differ from rank to rank gives each rank its rows of the
+    gradient of the total (the sum over ranks), with no world-size factor."""
+    loss_name, options, z, ids, layout = _batch(name)
     tensor = torch.tensor(z, requires_grad=True)
     labels = None if ids is None else torch.tensor(ids)
     values = getattr(hcl, loss_name)(tensor, labels, **{**options, "reduction": "none"})
@@ -323,6 +350,7 @@ def test_per_anchor_values_are_the_global_terms_of_each_rank_rows(ranks: list[di
     sizes = SIZES[len(ranks)]
     for rank, out in enumerate(ranks):
         local = _local_anchors(layout, rank, sizes)
+        assert out["none", name]["paths"] == ["distributed"]
         np.testing.assert_allclose(out["none", name]["values"], expected_values[local], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(out["none", name]["grad"], _rows_of(expected_grad, rank, sizes), atol=1e-10)
 
