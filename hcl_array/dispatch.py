@@ -8,8 +8,9 @@ Three paths compute the same numbers (tests hold each to the others at 1e-10 in 
     dense    the array-API formulas on the whole (N, N) matrix (`dense.py`): every configuration,
              every namespace, and double backward / forward mode through autodiff
 
-and a fourth spans processes: "distributed" (`distributed.py`), chosen by `group=` (torch) or
-`axis_name=` (JAX); its entries take this rank's own arrays, in their layout, and the collectives:
+and two span processes, chosen by `group=` (torch) or `axis_name=` (JAX) (`distributed.py`): "distributed_fused"
+(the fused kernel on each rank's anchors) and "distributed" (the array-API row blocks, for the rest); their
+entries take this rank's own arrays, in their layout, and the collectives:
 
     implementation(embeddings, ids, config, *, group, draw, return_grad) -> value | (value, dL/dembeddings)
 
@@ -39,7 +40,16 @@ from .formulas import check_similarity_range, overflow_error, uniform_draws
 Array = Any
 Implementation = Callable[..., Any]
 
-__all__ = ["ANY_FAMILY", "array_family", "choose_path", "compute", "implementation", "register", "register_loader"]
+__all__ = [
+    "ANY_FAMILY",
+    "array_family",
+    "choose_path",
+    "choose_distributed_path",
+    "compute",
+    "implementation",
+    "register",
+    "register_loader",
+]
 
 #: The family of an entry that serves every namespace (the array-API code).
 ANY_FAMILY = "*"
@@ -78,11 +88,16 @@ def array_family(z: Array) -> str:
     return "cupy" if is_cupy_array(z) else "array_api"
 
 
-def implementation(path: str, family: str) -> Implementation | None:
-    """The table's entry for (path, family), else its entry for every family; None when there is none."""
+def _load(family: str) -> None:
+    """Run the family's loader once (it registers the family's entries)."""
     loader = _LOADERS.pop(family, None)
     if loader is not None:
         loader()
+
+
+def implementation(path: str, family: str) -> Implementation | None:
+    """The table's entry for (path, family), else its entry for every family; None when there is none."""
+    _load(family)
     return _TABLE.get((path, family)) or _TABLE.get((path, ANY_FAMILY))
 
 
@@ -99,9 +114,9 @@ def _distributed(config: LossConfig, group: Any) -> bool:
 
 
 def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -> str:
-    """The path for a call on n rows of `family`: "distributed", "fused", "tiled" or "dense".
+    """The path for a call on n rows of `family`: "distributed_fused", "distributed", "fused", "tiled" or "dense".
 
-    group= (a torch ProcessGroup) or axis_name= (a JAX mesh axis): distributed, whatever the rest.
+    group= (a torch ProcessGroup) or axis_name= (a JAX mesh axis): `choose_distributed_path`.
 
     kernel="auto": fused when the kernel serves the call (it then blocks by `tile`); otherwise tiled
     when tile is an integer, or "auto" with n > tiled.AUTO_THRESHOLD and a configuration the tiled path
@@ -109,7 +124,7 @@ def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -
     never takes the kernel. An integer tile the tiled path cannot honour raises ValueError.
     """
     if _distributed(config, group):
-        return "distributed"
+        return choose_distributed_path(config, family)
     refusal = None if config.kernel == "array_api" else _fused_refusal(config, family, n)
     if config.kernel != "array_api" and refusal is None:
         return "fused"
@@ -123,6 +138,28 @@ def choose_path(config: LossConfig, family: str, n: int, *, group: Any = None) -
     if reason is not None:
         raise ValueError(f"tile={config.tile} is not available for this configuration: {reason} (or pass tile=None)")
     return "tiled"
+
+
+def choose_distributed_path(config: LossConfig, family: str) -> str:
+    """The path across ranks: "distributed_fused" (the kernel on each rank's anchors) or "distributed" (row blocks).
+
+    It reads only the options and the array family, never the local batch, so every rank takes the same path.
+    kernel="auto": the kernel when the family has its entry and `fused.supports` the configuration;
+    kernel="array_api": the row blocks; kernel="fused": the kernel, or a ValueError naming why not. The row
+    blocks raise ValueError for what they cannot compute (`distributed.unsupported`).
+    """
+    if implementation("distributed_fused", family) is None:
+        refusal = f"the kernel serves NumPy, CuPy and torch arrays across ranks, not {family}"
+    else:
+        refusal = fused.supports(config)
+    if config.kernel != "array_api" and refusal is None:
+        return "distributed_fused"
+    if config.kernel == "fused":
+        raise ValueError(f"kernel='fused' cannot compute this call across ranks: {refusal} (pass kernel='auto')")
+    reason = distributed.unsupported(config)
+    if reason is not None:
+        raise ValueError(f"{'axis_name' if family == 'jax' else 'group'}= cannot compute this configuration: {reason}")
+    return "distributed"
 
 
 def compute(
@@ -182,15 +219,23 @@ def _compute_distributed(
     Checks that could fail on one rank only (the batch itself) run inside the entry, after every rank
     has said whether it accepts its batch, so that no rank is left waiting in a collective.
     """
-    option, family = ("group", "torch") if group is not None else ("axis_name", "jax")
     if group is not None and config.axis_name is not None:
         raise ValueError("pass group= (torch.distributed) or axis_name= (a JAX mesh axis), not both")
-    given = array_family(embeddings) if aa.is_array(embeddings) else type(embeddings).__name__
-    if given != family:
-        raise TypeError(f"{option}= needs {family} arrays, got {given} embeddings (torch: group=, JAX: axis_name=)")
-    reason = distributed.unsupported(config)
-    if reason is not None:
-        raise ValueError(f"{option}= cannot compute this configuration: {reason}")
+    family = array_family(embeddings) if aa.is_array(embeddings) else type(embeddings).__name__
+    if group is not None:
+        _load("torch")  # a ProcessGroup is torch's: torch's module also serves NumPy and CuPy arrays over it
+        if family not in ("torch", "numpy", "cupy"):
+            raise TypeError(
+                f"group= needs torch arrays, got {family} embeddings (NumPy and CuPy arrays also go over a torch "
+                "ProcessGroup; JAX: axis_name=)"
+            )
+    elif family != "jax":
+        raise TypeError(f"axis_name= needs jax arrays, got {family} embeddings (torch: group=, JAX: axis_name=)")
+    elif config.reduction == "none":
+        raise ValueError("axis_name= cannot compute reduction='none' (per-anchor values go over group=, torch)")
+    if return_grad and config.reduction == "none":
+        raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
+    path = choose_distributed_path(config, family)
     if config.negatives == "sampled" and rng is None and uniforms is None:
         raise ValueError("negatives='sampled' needs a random source: the same rng=<seed> or uniforms= on every rank")
 
@@ -198,7 +243,7 @@ def _compute_distributed(
         xp = aa.namespace(embeddings)
         return uniform_draws(rng, uniforms, shape, xp, embeddings)
 
-    entry = implementation("distributed", family)
+    entry = implementation(path, family)
     with aa.full_precision(embeddings):
         return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
 

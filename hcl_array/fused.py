@@ -29,6 +29,9 @@ Block by block (rows a:b of the anchors against all N columns; one block of N ro
     G = (1 + slope) r_i E / sum E - slope r_i q_i,  G[i, j] -= w_ij dl/dc_ij at the positives
     dL/du[a:b] += G u / tau,  dL/du += G^T u[a:b] / tau
 
+`anchor_sums` runs these blocks over runs of anchor rows: every row in one process (`value_and_grad`), a
+rank's anchors of the gathered batch (`hcl_array.distributed`: one all-reduce, one reduce-scatter of dL/du).
+
 Sampled negatives (`_SampledPass`, the paper's own estimator): per block, the running sums of the
 weights along each row are the unnormalized CDF of q_i; each anchor's k uniforms (drawn once per call by
 `dispatch.compute`, the same numbers the array-API code turns into counts) pick their columns by
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -55,8 +59,9 @@ from .hardening import ExponentialTilt, Uniform
 from .tiled import block_rows
 
 Array = Any
+Segments = Sequence[tuple[int, int]]  # runs of anchor rows: (first, one past the last)
 
-__all__ = ["supports", "value_and_grad", "numpy_like_loss", "numpy_loss", "NumpyOps"]
+__all__ = ["supports", "value_and_grad", "anchor_sums", "AnchorSums", "numpy_like_loss", "numpy_loss", "NumpyOps"]
 
 
 def supports(config: LossConfig) -> str | None:
@@ -235,46 +240,51 @@ class _Batch:
     empty: bool  # no anchor has both a positive and a candidate: the loss and its gradient are 0
     log_num_candidates: Array | float  # log |N(i)|: (N, 1), or one number when every row has as many
     row_weight: Array | None  # (N,): the weight of each of anchor i's pairs before the scale (None: 1)
-    scale: float  # 1 / #pairs ("mean") or 1 / #anchors with pairs ("anchor_mean")
     order: Array  # rows sorted by id (stable)
     group_size: Array  # (N,): rows sharing row i's id, i itself included
     pair_base: Array  # (N,): pair p of row i (pairs numbered row by row) is with row order[p + pair_base[i]]
     pair_offsets: dict[int, int]  # at each block's first row a (and at n): the number of the pairs of rows < a
+    divisor: int  # the segments' share of the loss's divisor (`_divisor_share`)
 
     @classmethod
-    def of(cls, ids: Array, config: LossConfig, like: Array, ops: Any, rows_per_block: int) -> _Batch:
+    def of(
+        cls, ids: Array, config: LossConfig, like: Array, ops: Any, rows_per_block: int, segments: Segments
+    ) -> _Batch:
         n = ids.shape[0]
         order, group_start, group_end = ops.same_id_groups(ids)
         group_size = group_end - group_start
         pair_end = ops.cumsum(group_size)
         not_self = 0 if config.include_self else 1
-        # One read by the host per call (on a GPU each read waits for the device): the pair numbers at the
-        # block boundaries, and for anchor_mean without self-pairs the number of rows alone with their id.
-        bounds = [*range(rows_per_block, n, rows_per_block), n]
-        alone = [(group_size == 1).sum()] if config.reduction != "mean" and not config.include_self else []
-        read = ops.host_ints(pair_end[rows_per_block - 1 : n - 1 : rows_per_block], pair_end[n - 1 :], *alone)
+        # One read by the host per call (on a GPU each read waits for the device): the pair numbers at the block
+        # bounds and at n, and for anchor_mean without self-pairs the rows alone with their id in each span.
+        bounds, pieces = _block_bounds(pair_end, rows_per_block, segments)
+        spans = list(dict.fromkeys(((0, n), *segments)))  # the batch's, then the segments' (once each)
+        alone = []
+        if config.reduction != "mean" and not config.include_self:
+            alone = [(_rows(group_size, *span) == 1).sum() for span in spans]
+        read = ops.host_ints(*pieces, *alone)
         pair_offsets = dict(zip([0, *bounds], [0, *read[: len(bounds)]], strict=True))
+        alone_in = dict(zip(spans, read[len(bounds) :] or [0] * len(spans), strict=True))
         if config.candidates == "other-ids":
             empty = pair_offsets[n] == n * n  # one id for every row
             log_num_candidates = 0.0 if empty else ops.log(ops.astype(n - group_size, like))[:, None]
         else:
             empty = n - not_self == 0
             log_num_candidates = math.log(max(n - not_self, 1))
-        if config.reduction == "mean":
-            row_weight, count = None, pair_offsets[n] - not_self * n
-        else:  # anchor_mean: 1 / |P(i)| in the rows, 1 / #anchors with pairs outside
+        row_weight = None  # "mean": every pair weighs 1
+        if config.reduction == "anchor_mean":  # 1 / |P(i)| in the rows, 1 / #anchors with pairs outside
             pair_counts = group_size - not_self
             row_weight = 1.0 / ops.astype(pair_counts + (pair_counts == 0), like)
-            count = n - read[-1] if alone else n
+        share = {span: _divisor_share(config, pair_offsets, *span, alone_in[span]) for span in spans}
         return cls(
-            empty=empty or count == 0,
+            empty=empty or share[0, n] == 0,
             log_num_candidates=log_num_candidates,
             row_weight=row_weight,
-            scale=1.0 / max(count, 1),
             order=order,
             group_size=group_size,
             pair_base=group_end - pair_end,
             pair_offsets=pair_offsets,
+            divisor=sum(share[tuple(segment)] for segment in segments),
         )
 
     def log_candidates(self, first_row: int, last_row: int) -> Array | float:
@@ -289,6 +299,32 @@ class _Batch:
         number = ops.arange(self.pair_offsets[first_row], self.pair_offsets[last_row], self.order)
         local_row = ops.repeat_rows(_rows(self.group_size, first_row, last_row), number.shape[0])
         return local_row, ops.take(self.order, number + ops.take(_rows(self.pair_base, first_row, last_row), local_row))
+
+
+def _block_bounds(pair_end: Array, rows_per_block: int, segments: Segments) -> tuple[list[int], list[Array]]:
+    """The rows a > 0 where a block of the segments starts or ends (n among them), in order, and slices of
+    pair_end (the pair numbers of rows <= i) whose elements are the pair numbers of the rows < a."""
+    n = pair_end.shape[0]
+    bounds, pieces = [], []
+    for first, last in [*segments, (n, n)]:
+        if first > 0 and (not bounds or bounds[-1] != first):
+            bounds.append(first)
+            pieces.append(pair_end[first - 1 : first])
+        if first + rows_per_block < last:
+            bounds.extend(range(first + rows_per_block, last, rows_per_block))
+            pieces.append(pair_end[first + rows_per_block - 1 : last - 1 : rows_per_block])
+        if last > first:
+            bounds.append(last)
+            pieces.append(pair_end[last - 1 : last])
+    return bounds, pieces
+
+
+def _divisor_share(config: LossConfig, pair_offsets: dict[int, int], first: int, last: int, alone: int) -> int:
+    """Anchors first .. last - 1's share of the divisor: sum |P(i)| ("mean") or #{i : |P(i)| > 0} (`alone`: not)."""
+    not_self = 0 if config.include_self else 1
+    if config.reduction == "mean":  # row i has group_size[i] same-id pairs, (i, i) included
+        return pair_offsets[last] - pair_offsets[first] - not_self * (last - first)
+    return last - first - alone
 
 
 def _rows(x: Array, first: int, last: int) -> Array:
@@ -342,8 +378,9 @@ def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any)
 class _Pass:
     """One call's constants and buffers; its methods are the steps applied to each block of anchors.
 
-    `run` returns sum_i w_i sum_{j in P(i)} l_ij before the global scale and, when grad_u is given,
-    sets it to tau / scale * dL/du = sum over blocks of G u + G^T u.
+    `run(segments)` returns sum_i w_i sum_{j in P(i)} l_ij over the anchors of the segments before the global
+    scale and, when grad_u is given, sets it to tau / scale times their share of dL/du: the sum over their
+    blocks of G u (at rows a:b) and G^T u[a:b] (every row); all of dL/du when the segments hold every row.
     """
 
     def __init__(
@@ -367,13 +404,15 @@ class _Pass:
         else:
             self.log_lambda = None if config.k is None else math.log(config.k)  # None: log |N(i)|
 
-    def run(self) -> Array:
+    def run(self, segments: Segments) -> Array | None:
+        """The anchors' loss sum, block by block over each (first, last) run of rows; None when there are none."""
         if self.grad_u is not None and not self.symmetric:
             self.grad_u[...] = 0.0
         total = None
-        for a in range(0, self.n, self.rows_per_block):
-            block_total = self.block(a, min(a + self.rows_per_block, self.n))
-            total = block_total if total is None else total + block_total
+        for first, last in segments:
+            for a in range(first, last, self.rows_per_block):
+                block_total = self.block(a, min(a + self.rows_per_block, last))
+                total = block_total if total is None else total + block_total
         return total
 
     def block(self, a: int, b: int) -> Array:
@@ -543,6 +582,79 @@ def _row_norms(z: Array, ops: Any) -> Array:
     return rescaled if ops.on_cpu(z) else ops.module.where(ops.module.isfinite(norm), norm, rescaled)
 
 
+@dataclass
+class AnchorSums:
+    """The kernel's pass over some anchors (runs of rows of the batch) against every row: the parts that ranks
+    holding different anchors of one batch add up (`hcl_array.distributed`), and what turns their sum into dL/dz.
+
+    loss: sum over the anchors i of w_i sum_{j in P(i)} l_ij;  divisor: their share of the loss's divisor (sum
+    |P(i)| for "mean", #{i : |P(i)| > 0} for "anchor_mean");  grad_u: (N, d), the sum over their blocks of
+    G u (at the anchors' rows) and G^T u[a:b] (at every row), i.e. tau / scale times their share of dL/du;
+    None without the gradient. Summed over all anchors of the batch: L = loss / max(divisor, 1).
+    """
+
+    loss: Array
+    divisor: int
+    grad_u: Array | None
+    u: Array
+    norm: Array | None  # ||z_i|| (N, 1), None when normalize="none"
+    floor: float
+    temperature: float
+    ops: Any
+
+    def gradient(self, grad_u: Array, scale: Any, rows: Array | None = None) -> Array:
+        """dL/dz of `rows` (every row when None) from grad_u, the sum over all anchors' passes at those rows, and
+        scale = 1 / max(divisor, 1) of the whole batch: with v = grad_u scale / tau and u = g(z),
+        dL/dz = (v - u (u . v) [||z|| > floor]) / max(||z||, floor)."""
+        ops, factor = self.ops, scale / self.temperature
+        if self.norm is None:
+            return grad_u * factor
+        u, norm = (self.u, self.norm) if rows is None else (ops.take(self.u, rows), ops.take(self.norm, rows))
+        # rows that g leaves unscaled have no radial part
+        return ops.pull_back(grad_u, u, norm > self.floor, ops.maximum(norm, self.floor) * (1.0 / factor))
+
+
+def anchor_sums(
+    z: Array,
+    ids: Array,
+    config: LossConfig,
+    ops: Any,
+    segments: Segments,
+    *,
+    want_grad: bool = True,
+    uniforms: Array | None = None,
+) -> AnchorSums | None:
+    """The kernel's pass over the anchors of `segments` against every row of z, in blocks of at most
+    `tile` rows (memory O(rows per block x N)); None when no anchor of the whole batch has both a
+    positive and a candidate (the loss and its gradient are then 0).
+
+    z: (N, d) rows in the compute dtype; uniforms: the (N, k) draws of sampled negatives, for every row.
+    """
+    n, d = z.shape
+    longest = max((last - first for first, last in segments), default=1)
+    rows_per_block = max(min(block_rows(config.tile, n), longest), 1)
+    batch = _Batch.of(ids, config, z, ops, rows_per_block, segments)
+    if batch.empty:
+        return None
+    sampled = config.negatives == "sampled"
+    # a second block: the weights (tilt, or sampled: the CDF, then G), or G + G^T
+    two_blocks = sampled or _beta(config) or _symmetric(rows_per_block, n, want_grad)
+    normalizing = config.normalize != "none"
+    block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
+    buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
+    block_buffers = [next(buffers) for _ in block_shapes]
+    norm, floor, u = None, 0.0, z
+    if normalizing:
+        norm = _row_norms(z, ops)
+        floor = norm_floor(config.normalize, z.dtype, ops.module)
+        u = ops.divide_into(z, ops.maximum(norm, floor), next(buffers))
+    grad_u = next(buffers) if want_grad else None
+    arguments = (u, batch, config, block_buffers, grad_u, ops)
+    loss = (_SampledPass(*arguments, uniforms=uniforms) if sampled else _Pass(*arguments)).run(segments)
+    loss = ops.zeros((), z) if loss is None else loss  # no anchors here: a rank without samples
+    return AnchorSums(loss, batch.divisor, grad_u, u, norm, floor, config.temperature, ops)
+
+
 def value_and_grad(
     z: Array, ids: Array, config: LossConfig, ops: Any, *, want_grad: bool = True, uniforms: Array | None = None
 ) -> tuple[Array, Array | None]:
@@ -558,36 +670,11 @@ def value_and_grad(
     log-sum-exp then sees NaN or inf - inf), and that term is always evaluated, with weight 0 when i
     is not its own positive (0 * NaN = 0 * inf = NaN).
     """
-    n, d = z.shape
-    rows_per_block = block_rows(config.tile, n)
-    batch = _Batch.of(ids, config, z, ops, rows_per_block)
-    if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
+    sums = anchor_sums(z, ids, config, ops, ((0, z.shape[0]),), want_grad=want_grad, uniforms=uniforms)
+    if sums is None:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
-    sampled = config.negatives == "sampled"
-    # a second block: the weights (tilt, or sampled: the CDF, then G), or G + G^T
-    two_blocks = sampled or _beta(config) or _symmetric(rows_per_block, n, want_grad)
-    normalizing = config.normalize != "none"
-    block_shapes = ((rows_per_block, n),) * (2 if two_blocks else 1)
-    buffers = iter(_scratch_buffers(block_shapes + ((n, d),) * (normalizing + want_grad), z, ops))
-    block_buffers = [next(buffers) for _ in block_shapes]
-    if normalizing:
-        norm = _row_norms(z, ops)
-        floor = norm_floor(config.normalize, z.dtype, ops.module)
-        divisor = ops.maximum(norm, floor)
-        u = ops.divide_into(z, divisor, next(buffers))
-    else:
-        u = z
-    grad_u = next(buffers) if want_grad else None
-    arguments = (u, batch, config, block_buffers, grad_u, ops)
-    one_pass = _SampledPass(*arguments, uniforms=uniforms) if sampled else _Pass(*arguments)
-    value = one_pass.run() * batch.scale
-    if grad_u is None:
-        return value, None
-    factor = batch.scale / config.temperature
-    if not normalizing:
-        return value, grad_u * factor
-    # rows that g leaves unscaled have no radial part
-    return value, ops.pull_back(grad_u, u, norm > floor, divisor * (1.0 / factor))
+    scale = 1.0 / max(sums.divisor, 1)
+    return sums.loss * scale, (None if sums.grad_u is None else sums.gradient(sums.grad_u, scale))
 
 
 def numpy_like_loss(

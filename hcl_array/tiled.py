@@ -61,6 +61,8 @@ __all__ = [
     "unsupported",
     "scan_blocks",
     "block_step",
+    "forward_step",
+    "backward_step",
     "forward",
     "backward",
     "value_and_grad",
@@ -136,17 +138,7 @@ def forward(z: Array, ids: Array, config: LossConfig, *, scan: Callable[..., Any
     u = normalize_embeddings(z, config.normalize)
 
     def body(carry: Any, first_row: Any, rows: tuple[Array, Array]) -> tuple[Any, tuple]:
-        similarity, positives, candidate_mask, log_weights, support = _block(u, ids, first_row, *rows, config)
-        anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
-            log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
-        )
-        pair_loss, _, _ = pair_losses(
-            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="value"
-        )
-        pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
-        loss_sum = xp.sum(pair_loss * xp.astype(positives, similarity.dtype), axis=1)
-        loss_sum = loss_sum * xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: no NaN from the zeros
-        return carry, (anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum)
+        return carry, forward_step(_block(u, ids, first_row, *rows, config), config)
 
     _, (*stats, pair_counts, loss_sums) = scan(body, (), (u, ids), block_rows(config.tile, z.shape[0]))
     per_anchor = loss_sums * anchor_scale(pair_counts, config.reduction)
@@ -211,6 +203,54 @@ def block_step(
     return column_grad + grad_similarity.T @ u_rows, (pair_count, loss_sum, grad_similarity @ u)
 
 
+def forward_step(block: tuple, config: LossConfig) -> tuple[Array, ...]:
+    """One block of anchor rows in a value pass (this path's and `distributed.py`'s per-anchor values).
+
+    block: (s, positives, candidates, log weights, support) of the rows against all columns. Returns the rows'
+    (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|, sum_{j in P(i)} l_ij).
+    """
+    similarity, positives, candidate_mask, log_weights, support = block
+    xp = aa.namespace(similarity)
+    anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives = anchor_terms(
+        log_weights, support, similarity, candidate_mask, k=config.k, negative_reduction=config.negative_reduction
+    )
+    pair_loss, _, _ = pair_losses(
+        config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="value"
+    )
+    pair_count = xp.sum(xp.astype(positives, similarity.dtype), axis=1)
+    loss_sum = xp.sum(pair_loss * xp.astype(positives, similarity.dtype), axis=1)
+    loss_sum = loss_sum * xp.astype(has_negatives, similarity.dtype)  # l_ij is finite: no NaN from the zeros
+    return anchor_term, log_lambda, log_normalizer, log_tilted, has_negatives, pair_count, loss_sum
+
+
+def backward_step(
+    column_grad: Array,
+    u_rows: Array,
+    u: Array,
+    block: tuple,
+    stats: tuple[Array, ...],
+    scale: Array,
+    config: LossConfig,
+    slope: float,
+) -> tuple[Array, tuple[Array]]:
+    """One block of a recomputing backward pass: column_grad + G^T u_rows and (G u,) for the rows, with
+    G = dL/ds weighted by each row's `scale` (its pairs' weight times the cotangent).
+
+    block: as in `forward_step`; stats: the rows' first five statistics from `forward_step`.
+    """
+    xp = aa.namespace(u)
+    similarity, positives, _, log_weights, support = block
+    anchor_term, log_lambda, log_normalizer, log_tilted, has_negative = stats
+    _, dl_dc, dl_ds = pair_losses(
+        config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="grad"
+    )
+    pair_weights = xp.astype(positives, similarity.dtype) * (scale * xp.astype(has_negative, scale.dtype))[:, None]
+    grad_similarity = similarity_grad(
+        pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, slope
+    )
+    return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
+
+
 def backward(
     z: Array,
     ids: Array,
@@ -231,16 +271,9 @@ def backward(
     pair_scale = anchor_scale(pair_counts, config.reduction) * xp.astype(cotangent, z.dtype)
 
     def body(column_grad: Array, first_row: Any, rows: tuple[Array, ...]) -> tuple[Array, tuple[Array]]:
-        u_rows, row_ids, anchor_term, log_lambda, log_normalizer, log_tilted, has_negative, scale = rows
-        similarity, positives, _, log_weights, support = _block(u, ids, first_row, u_rows, row_ids, config)
-        _, dl_dc, dl_ds = pair_losses(
-            config.form, anchor_term, similarity, log_lambda, config.tau_plus, config.temperature, part="grad"
-        )
-        pair_weights = xp.astype(positives, similarity.dtype) * (scale * xp.astype(has_negative, scale.dtype))[:, None]
-        grad_similarity = similarity_grad(
-            pair_weights, dl_dc, dl_ds, log_weights, similarity, support, log_tilted, log_normalizer, config.slope
-        )
-        return column_grad + grad_similarity.T @ u_rows, (grad_similarity @ u,)
+        u_rows, row_ids, *stats, scale = rows
+        block = _block(u, ids, first_row, u_rows, row_ids, config)
+        return backward_step(column_grad, u_rows, u, block, tuple(stats), scale, config, config.slope)
 
     row_arrays = (u, ids, anchor_terms, log_lambdas, log_normalizers, log_tilteds, has_negatives, pair_scale)
     column_grad, (row_grad,) = scan(body, xp.zeros_like(u), row_arrays, block_rows(config.tile, z.shape[0]))

@@ -1,10 +1,12 @@
 """group= on torch.distributed (gloo, CPU): every rank's loss and gradient against one process on the whole batch.
 
-Three processes start once for the whole module: each computes every case of CASES over the world
-group (3 ranks) and over a subgroup of ranks 0 and 1 (2 ranks) and returns its numbers; the tests
-compare them with the single-process loss at 1e-10 in float64. Local batches are uneven, some ranks
-hold anchors whose positives are all elsewhere, one split has an empty rank; DistributedDataParallel,
-wrong use on every rank, and a 2-rank `train()` against one process complete the module.
+Three processes start once for the whole module: each computes every case of CASES (and EXTRA_CASES) over the world
+group (3 ranks) and over a subgroup of ranks 0 and 1 (2 ranks), on both distributed paths (the fused
+kernel on each rank's anchors, and the array-API row blocks), with torch tensors (autograd) and NumPy
+arrays (return_grad), and per-anchor values (reduction="none"), and returns its numbers and the paths that
+ran; the tests compare them with the single-process loss at 1e-10 in float64. Local batches are uneven,
+some ranks hold anchors whose positives are all elsewhere, one split has an empty rank;
+DistributedDataParallel, wrong use on every rank, and a 2-rank `train()` against one process complete the module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 import hcl_array as hcl
 from hcl_array.training import TrainConfig, train
+from tests.cases import record_paths
 from tests.distributed_cases import CASES, DIM, LABELS, VIEWS, error_messages, global_batch
 
 torch = pytest.importorskip("torch")
@@ -28,6 +31,46 @@ dist = pytest.importorskip("torch.distributed")
 SIZES = {2: [3, 5], 3: [4, 1, 3]}
 #: splits with a rank that holds no samples (it still takes part in every collective)
 EMPTY_RANK = {2: [0, 8], 3: [5, 0, 3]}
+#: kernel="auto" takes the fused kernel on each rank where it serves the call, "array_api" the row blocks
+KERNELS = ("auto", "array_api")
+#: the cases the fused kernel serves (uniform or exponential weights, infonce or supcon form): kernel="auto"
+#: must run them on the kernel path; the others (top-k, threshold, debiased) stay on the row blocks
+KERNEL_CASES = {
+    "ntxent",
+    "ntxent_tile1",
+    "ucl",
+    "hucl",
+    "hucl_undetached",
+    "scl",
+    "hscl_anchor_mean",
+    "supcon",
+    "self_all_mean",
+    "sampled_rng",
+    "paper_preset",
+    "anchor_mean_alone",
+    "sampled_uniforms",
+}
+#: kernel cases beyond the shared table (torch only), name -> (loss, options, labels of rows): labels of which
+#: some occur once (anchor_mean's divisor counts, rank by rank, the anchors that have positives), and sampled
+#: negatives from the global uniforms= array every rank passes
+EXTRA_CASES: dict[str, tuple[str, dict[str, Any], np.ndarray]] = {
+    "anchor_mean_alone": ("hscl", {"beta": 2.0, "reduction": "anchor_mean"}, np.array([0, 1, 2, 3, 0, 1, 5, 6])),
+    "sampled_uniforms": (
+        "hscl",
+        {"beta": 1.0, "negatives": "sampled", "k": 3, "uniforms": np.random.default_rng(4).random((len(LABELS), 3))},
+        LABELS,
+    ),
+}
+ALL_CASES = sorted([*CASES, *EXTRA_CASES])
+
+
+def _batch(name: str) -> tuple[str, dict[str, Any], np.ndarray, np.ndarray | None, str]:
+    """(loss, options, global embeddings, global labels or None, layout) of a case of CASES or EXTRA_CASES."""
+    if name in CASES:
+        loss_name, options, layout = CASES[name]
+        return loss_name, options, *global_batch(layout), layout
+    loss_name, options, labels = EXTRA_CASES[name]
+    return loss_name, options, global_batch("rows")[0], labels, "rows"
 
 
 def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
@@ -37,13 +80,41 @@ def _local(array: np.ndarray | None, rank: int, sizes: list[int]) -> Any:
     return torch.tensor(array[start : start + sizes[rank]])
 
 
-def _case(name: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
-    loss_name, options, layout = CASES[name]
-    z, ids = global_batch(layout)
+def _case(name: str, rank: int, sizes: list[int], group: Any, kernel: str = "auto") -> dict[str, Any]:
+    """The case on torch tensors through autograd, and the paths that ran."""
+    loss_name, options, z, ids, _ = _batch(name)
     local = _local(z, rank, sizes).requires_grad_(True)
-    value = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, **options)
-    value.backward()
-    return {"value": value.item(), "grad": local.grad.numpy()}
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        value = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, kernel=kernel, **options)
+        value.backward()
+    return {"value": value.item(), "grad": local.grad.numpy(), "paths": sorted({path for path, _ in ran})}
+
+
+def _numpy_case(name: str, rank: int, sizes: list[int], group: Any, kernel: str) -> dict[str, Any]:
+    """The case on NumPy arrays over the same group: (value, gradient) by return_grad."""
+    loss_name, options, z, ids, _ = _batch(name)
+    local = _local(z, rank, sizes).numpy()
+    labels = None if ids is None else _local(ids, rank, sizes).numpy()
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        value, grad = getattr(hcl, loss_name)(local, labels, group=group, kernel=kernel, return_grad=True, **options)
+    return {"value": float(value), "grad": grad, "paths": sorted({path for path, _ in ran})}
+
+
+def _per_anchor_case(name: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """reduction="none": this rank's per-anchor values, and the gradient of their weighted sum (weights: this
+    rank's entries of one global weight vector, so that the ranks' cotangents differ), and the paths that ran."""
+    loss_name, options, z, ids, layout = _batch(name)
+    local = _local(z, rank, sizes).requires_grad_(True)
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        per_anchor = {**options, "reduction": "none"}
+        values = getattr(hcl, loss_name)(local, _local(ids, rank, sizes), group=group, **per_anchor)
+    weights = _per_anchor_weights(layout)[_local_anchors(layout, rank, sizes)]
+    (values * torch.tensor(weights)).sum().backward()
+    paths = sorted({path for path, _ in ran})
+    return {"values": values.detach().numpy(), "grad": local.grad.numpy(), "paths": paths}
 
 
 def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
@@ -57,6 +128,26 @@ def _ddp_case(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     return {"weight_grad": model.module.weight.grad.numpy()}
 
 
+#: the dtypes of the reduced-precision checks: the loss computes in float32, the gradient comes back in the input's
+LOW_PRECISION = ("float32", "bfloat16")
+
+
+def _low_precision_case(dtype: str, rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
+    """hucl on views in `dtype` through the kernel path (value, gradient as float64 NumPy, its dtype, the paths)."""
+    local = _local(global_batch("views")[0], rank, sizes).to(getattr(torch, dtype)).requires_grad_(True)
+    with pytest.MonkeyPatch.context() as patch:
+        ran = record_paths(patch)
+        value = hcl.hucl(local, beta=2.0, group=group)
+        value.backward()
+    grad = local.grad
+    return {
+        "value": value.item(),
+        "grad": grad.double().numpy(),
+        "dtype": str(grad.dtype),
+        "paths": [p for p, _ in ran],
+    }
+
+
 def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
     """Rank 0 only evaluates (no gradient, no backward), the others train: nobody waits."""
     local = _local(global_batch("views")[0], rank, sizes).requires_grad_(rank > 0)
@@ -67,12 +158,18 @@ def _rank0_without_grad(rank: int, sizes: list[int], group: Any) -> dict[str, An
 
 
 def _all_cases(rank: int, sizes: list[int], group: Any) -> dict[str, Any]:
-    out = {name: _case(name, rank, sizes, group) for name in CASES}
+    out: dict[Any, Any] = {}
+    for name in ALL_CASES:
+        for kernel in KERNELS:
+            out[name, kernel] = _case(name, rank, sizes, group, kernel)
+            out["numpy", name, kernel] = _numpy_case(name, rank, sizes, group, kernel)
+        out["none", name] = _per_anchor_case(name, rank, sizes, group)
     value, grad = hcl.hucl(_local(global_batch("views")[0], rank, sizes), beta=2.0, group=group, return_grad=True)
     out["return_grad"] = {"value": float(value), "grad": grad.numpy()}
     out["ddp"] = _ddp_case(rank, sizes, group)
-    out["empty_rank"] = _case("hucl", rank, EMPTY_RANK[len(sizes)], group)
+    out["empty_rank"] = {kernel: _case("hucl", rank, EMPTY_RANK[len(sizes)], group, kernel) for kernel in KERNELS}
     out["rank0_without_grad"] = _rank0_without_grad(rank, sizes, group)
+    out["low_precision"] = {dtype: _low_precision_case(dtype, rank, sizes, group) for dtype in LOW_PRECISION}
     out["errors"] = _errors(rank, sizes, group)
     return out
 
@@ -90,6 +187,9 @@ def _errors(rank: int, sizes: list[int], world: Any) -> dict[str, str]:
             local[:, 0], None if rank else torch.zeros(sizes[0], dtype=torch.int64), group=world
         ),
         "non_finite": lambda: hcl.ntxent(local * (float("nan") if rank else 1.0), group=world),
+        "per_anchor_grad_on_some_ranks": lambda: hcl.ntxent(
+            local.clone().requires_grad_(rank == 0), group=world, reduction="none"
+        ),
         "uniforms_local": lambda: hcl.hscl(
             local[:, 0],
             torch.zeros(sizes[rank], dtype=torch.int64),
@@ -174,8 +274,12 @@ def ranks(request: pytest.FixtureRequest, by_world: dict[int, list[dict[str, Any
 
 
 def single_process(loss_name: str, options: dict[str, Any], layout: str) -> tuple[float, np.ndarray]:
-    """The loss of the whole batch in one process, and its gradient."""
     z, ids = global_batch(layout)
+    return _single_process_on(loss_name, options, z, ids)
+
+
+def _single_process_on(loss_name: str, options: dict[str, Any], z: np.ndarray, ids: Any) -> tuple[float, np.ndarray]:
+    """The loss of the whole batch in one process, and its gradient."""
     tensor = torch.tensor(z, requires_grad=True)
     value = getattr(hcl, loss_name)(tensor, None if ids is None else torch.tensor(ids), **options)
     value.backward()
@@ -186,15 +290,69 @@ def _rows_of(array: np.ndarray, rank: int, sizes: list[int]) -> np.ndarray:
     return array[sum(sizes[:rank]) : sum(sizes[: rank + 1])]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_every_rank_gets_the_single_process_value_and_gradient(ranks: list[dict], name: str) -> None:
-    expected_value, expected_grad = single_process(*CASES[name])
+def _per_anchor_weights(layout: str) -> np.ndarray:
+    """One weight per anchor of the global batch (view-major with views), the same on every rank."""
+    anchors = len(LABELS) * (VIEWS if layout == "views" else 1)
+    return np.random.default_rng(7).normal(size=anchors)
+
+
+def _local_anchors(layout: str, rank: int, sizes: list[int]) -> np.ndarray:
+    """Where rank r's per-anchor values (its own rows, view-major) lie among the global batch's."""
+    views = VIEWS if layout == "views" else 1
+    first = sum(sizes[:rank])
+    return np.concatenate([v * len(LABELS) + first + np.arange(sizes[rank]) for v in range(views)])
+
+
+def _expected_path(name: str, kernel: str) -> list[str]:
+    return ["distributed_fused" if kernel == "auto" and name in KERNEL_CASES else "distributed"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_every_rank_gets_the_single_process_value_and_gradient(ranks: list[dict], name: str, kernel: str) -> None:
+    """Path: the fused kernel on each rank for KERNEL_CASES with kernel="auto", else the row blocks."""
+    expected_value, expected_grad = _single_process_on(*_batch(name)[:4])
     sizes = SIZES[len(ranks)]
     assert np.isfinite(expected_value) and np.abs(expected_grad).max() > 0
     for rank, out in enumerate(ranks):
-        assert out[name]["value"] == pytest.approx(expected_value, rel=1e-10, abs=1e-12)
+        result = out[name, kernel]
+        assert result["paths"] == _expected_path(name, kernel)
+        assert result["value"] == pytest.approx(expected_value, rel=1e-10, abs=1e-12)
         # every rank calls backward: autograd gives world_size x this rank's share (DDP divides it back)
-        np.testing.assert_allclose(out[name]["grad"] / len(ranks), _rows_of(expected_grad, rank, sizes), atol=1e-10)
+        np.testing.assert_allclose(result["grad"] / len(ranks), _rows_of(expected_grad, rank, sizes), atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_numpy_arrays_over_the_group_get_the_exact_share(ranks: list[dict], name: str, kernel: str) -> None:
+    """Path: as for torch; NumPy arrays travel as zero-copy tensors, return_grad gives the exact share."""
+    expected_value, expected_grad = _single_process_on(*_batch(name)[:4])
+    sizes = SIZES[len(ranks)]
+    for rank, out in enumerate(ranks):
+        result = out["numpy", name, kernel]
+        assert result["paths"] == _expected_path(name, kernel)
+        assert result["value"] == pytest.approx(expected_value, rel=1e-10, abs=1e-12)
+        np.testing.assert_allclose(result["grad"], _rows_of(expected_grad, rank, sizes), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_per_anchor_values_are_the_global_terms_of_each_rank_rows(ranks: list[dict], name: str) -> None:
+    """reduction="none" (path: the row blocks): each rank gets its rows' entries of the single-process per-anchor
+    values, and the backward pass of weighted sums that differ from rank to rank gives each rank its rows of the
+    gradient of the total (the sum over ranks), with no world-size factor."""
+    loss_name, options, z, ids, layout = _batch(name)
+    tensor = torch.tensor(z, requires_grad=True)
+    labels = None if ids is None else torch.tensor(ids)
+    values = getattr(hcl, loss_name)(tensor, labels, **{**options, "reduction": "none"})
+    (values * torch.tensor(_per_anchor_weights(layout))).sum().backward()
+    expected_values, expected_grad = values.detach().numpy(), tensor.grad.numpy()
+    assert np.abs(expected_values).max() > 0 and np.abs(expected_grad).max() > 0
+    sizes = SIZES[len(ranks)]
+    for rank, out in enumerate(ranks):
+        local = _local_anchors(layout, rank, sizes)
+        assert out["none", name]["paths"] == ["distributed"]
+        np.testing.assert_allclose(out["none", name]["values"], expected_values[local], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(out["none", name]["grad"], _rows_of(expected_grad, rank, sizes), atol=1e-10)
 
 
 def test_return_grad_is_the_exact_share_of_the_global_gradient(ranks: list[dict]) -> None:
@@ -206,12 +364,15 @@ def test_return_grad_is_the_exact_share_of_the_global_gradient(ranks: list[dict]
         )
 
 
-def test_a_rank_without_samples_takes_part(ranks: list[dict]) -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_rank_without_samples_takes_part(ranks: list[dict], kernel: str) -> None:
     expected_value, expected_grad = single_process(*CASES["hucl"])
     for rank, out in enumerate(ranks):
-        assert out["empty_rank"]["value"] == pytest.approx(expected_value, rel=1e-10)
+        result = out["empty_rank"][kernel]
+        assert result["paths"] == _expected_path("hucl", kernel)
+        assert result["value"] == pytest.approx(expected_value, rel=1e-10)
         expected_rows = _rows_of(expected_grad, rank, EMPTY_RANK[len(ranks)])
-        np.testing.assert_allclose(out["empty_rank"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+        np.testing.assert_allclose(result["grad"] / len(ranks), expected_rows, atol=1e-10)
 
 
 def test_a_rank_may_evaluate_while_the_others_train(ranks: list[dict]) -> None:
@@ -221,6 +382,27 @@ def test_a_rank_may_evaluate_while_the_others_train(ranks: list[dict]) -> None:
         if rank:
             expected_rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
             np.testing.assert_allclose(out["rank0_without_grad"]["grad"] / len(ranks), expected_rows, atol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_reduced_precision_takes_the_kernel_and_stays_close_to_one_process(
+    ranks: list[dict], dtype: str, tolerance: float
+) -> None:
+    """Path: distributed_fused. The loss computes in float32 for both dtypes; the gradient returns in the input's
+    dtype, so bfloat16 holds it to 8 bits. Reference: one process on the whole batch in the same dtype."""
+    z = torch.tensor(global_batch("views")[0]).to(getattr(torch, dtype)).requires_grad_(True)
+    expected = hcl.hucl(z, beta=2.0)
+    expected.backward()
+    expected_grad = z.grad.double().numpy()
+    for rank, out in enumerate(ranks):
+        result = out["low_precision"][dtype]
+        assert result["paths"] == ["distributed_fused"]
+        assert result["dtype"] == f"torch.{dtype}"
+        assert result["value"] == pytest.approx(expected.item(), rel=1e-6)
+        rows = _rows_of(expected_grad, rank, SIZES[len(ranks)])
+        np.testing.assert_allclose(
+            result["grad"] / len(ranks), rows, rtol=tolerance, atol=tolerance * np.abs(rows).max()
+        )
 
 
 def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: list[dict]) -> None:
@@ -239,6 +421,7 @@ def test_ddp_parameter_gradient_equals_one_process_on_the_whole_batch(ranks: lis
         ("dtype", "ranks disagree on the dtype (rank 0: float64, rank 1: float32"),
         ("labels_missing", "ranks disagree on labels/ids (rank 0: given, rank 1: missing"),
         ("uniforms_local", "uniforms must have shape (N, k)"),
+        ("per_anchor_grad_on_some_ranks", "either every rank or no rank needs the gradient"),
     ],
 )
 def test_wrong_use_raises_on_every_rank(ranks: list[dict], use: str, every_rank_says: str) -> None:
@@ -256,19 +439,20 @@ def test_a_bad_batch_on_one_rank_raises_there_and_stops_the_others(ranks: list[d
         assert own_error in out["errors"][use]
 
 
-def test_group_needs_torch_tensors_and_an_initialised_group() -> None:
+def test_group_needs_torch_numpy_or_cupy_arrays_and_an_initialised_group() -> None:
     z = np.zeros((4, 2, 3))
-    with pytest.raises(TypeError, match="group= needs torch arrays, got numpy"):
-        hcl.ntxent(z, group=object())
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        hcl.ntxent(torch.tensor(z), group=object())
+    with pytest.raises(TypeError, match="group= needs torch arrays, got list"):
+        hcl.ntxent(z.tolist(), group=object())
+    for embeddings in (z, torch.tensor(z)):
+        with pytest.raises(RuntimeError, match="init_process_group"):
+            hcl.ntxent(embeddings, group=object())
 
 
 @pytest.mark.parametrize(
     ("options", "names"),
     [
-        ({"reduction": "none"}, "reduction='none'"),
-        ({"kernel": "fused"}, "kernel='fused'"),
+        ({"kernel": "fused", "form": "debiased"}, "kernel='fused' cannot compute this call across ranks: the debiased"),
+        ({"reduction": "none", "return_grad": True}, "return_grad needs a scalar loss"),
         ({"hardening": lambda s: (s + 200.0) ** 2, "detach_weights": False}, "detach_weights=True"),
         ({"axis_name": "batch"}, "not both"),
     ],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -240,7 +242,7 @@ def train_command(
 ) -> None:
     """Train an encoder with a (hard-negative) contrastive loss and record the collapse geometry every epoch."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start nproc copies of this command
-        raise typer.Exit(_launch(nproc, backend))
+        raise typer.Exit(_launch(nproc, backend, _launch_target(ctx, out, resume)))
     _host_devices(devices)
     config, result = _train_here(ctx, resume, out, quiet, tensorboard, devices, rank_timeout)
     if _rank() > 0:
@@ -265,7 +267,7 @@ def _train_here(
     group = target = None
     try:
         config = _config(ctx, given, resume)
-        target = out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
+        target = _checkpoint_path(config, out, resume)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             config, group = _join_processes(config, rank_timeout)
         launch = {"group": group, "devices": devices}
@@ -277,6 +279,19 @@ def _train_here(
         if group is None:
             raise
         raise _lost_rank(error, rank_timeout, target) from None
+
+
+def _checkpoint_path(config: TrainConfig, out: Path | None, resume: Path | None) -> Path:
+    return out or resume or Path("runs") / f"{config.loss}-{Path(config.data).stem}-seed{config.seed}.npz"
+
+
+def _launch_target(ctx: typer.Context, out: Path | None, resume: Path | None) -> Path:
+    """The checkpoint the launched processes will write (named when one of them fails)."""
+    given = {name: value for name, value in ctx.params.items() if name in _CONFIG_FIELDS}
+    try:
+        return _checkpoint_path(_config(ctx, given, resume), out, resume)
+    except USER_ERRORS as error:
+        raise fail(str(error)) from None
 
 
 def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> TrainConfig:
@@ -303,23 +318,47 @@ def _source(ctx: typer.Context, name: str) -> str:
     return getattr(source, "name", "DEFAULT")
 
 
-def _launch(nproc: int, backend: str) -> int:
-    """Run this command line in nproc processes under torch.distributed.run (torchrun); 0 when all succeed."""
+def _launch(nproc: int, backend: str, target: Path) -> int:
+    """Run this command line in nproc processes under torch.distributed.run (torchrun); 0 when all succeed.
+
+    When a process fails, the launcher stops the others and this prints one line: the first failure and the
+    last intact checkpoint (the processes themselves leave the report of a lost peer to it, `_lost_rank`).
+    """
     if backend != "torch":
         raise fail(f"--nproc {nproc} needs --backend torch (JAX spreads a batch over devices instead, see the docs)")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # their log lines would bury the one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, set here without its warning
+    os.environ[_LAUNCHED] = "1"
     launcher = ["--standalone", f"--nproc-per-node={nproc}", "-m", "hcl_array.cli.app"]
+    started = time.time()
     try:
         run(get_args_parser().parse_args([*launcher, *_without_nproc(sys.argv[1:])]))
     except ChildFailedError as error:
         first = min(error.failures.values(), key=lambda failure: failure.timestamp)
         raise fail(
             f"process {first.local_rank} of {nproc} failed (exit code {first.exitcode}) and the launcher stopped "
-            "the others; the checkpoint of the last completed epoch is intact: continue with --resume"
+            f"the others; {_checkpoint_note(target, started)}"
         ) from None
     return 0
+
+
+#: Set by `_launch` for the processes it starts: a process that loses a peer then exits without a line of its own.
+_LAUNCHED = "HCL_TRAIN_LAUNCHED"
+
+
+def _checkpoint_note(target: Path, started: float) -> str:
+    """Where a failed run can continue from: the last intact checkpoint it wrote, or that it wrote none."""
+    if not target.is_file() or target.stat().st_mtime < started:
+        return f"no epoch completed, so there is no checkpoint of this run to resume ({target}): start it again"
+    try:
+        epoch = load_checkpoint(target).epoch
+    except (CheckpointError, OSError) as error:
+        return f"the checkpoint {target} cannot be read ({error})"
+    return f"the last intact checkpoint is {target} (epoch {epoch}): continue with --resume {target}"
 
 
 def _without_nproc(arguments: list[str]) -> list[str]:
@@ -340,6 +379,8 @@ def _join_processes(config: TrainConfig, timeout: float) -> tuple[TrainConfig, A
 
 def _lost_rank(error: RuntimeError, timeout: float, target: Path) -> typer.Exit:
     """The one-line message of a process whose peers died or stopped answering."""
+    if os.environ.get(_LAUNCHED):  # `hcl train --nproc` reports the failed process and the checkpoint itself
+        return typer.Exit(1)
     first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
     message = f"process {_rank()} stopped: another process died or did not answer within {timeout:g} s"
     return fail(f"{message} ({first_line}); the last checkpoint {target} is intact: continue with --resume")
