@@ -45,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, TAU, BETA, CLASSES = 128, 1.0, 1.0, 100
+JAX_BETA = 5.0  # the jax section's tilt (issue 24's measurement)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +60,9 @@ def _rss_kib() -> int:
     return 0
 
 
-def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: str, kernel: bool = True):
+def _make_step(
+    kind: str, backend: str, n: int, tile: int | str | None, device: str, kernel: bool = True, beta: float = BETA
+):
     """A zero-argument function running one forward + backward, and a function that waits for it."""
     import numpy as np
 
@@ -106,7 +109,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
                 hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
                 try:
                     z = z0.clone().requires_grad_()
-                    hcl.hscl(z, labels, beta=BETA, tile=tile, **options).backward()
+                    hcl.hscl(z, labels, beta=beta, tile=tile, **options).backward()
                 finally:
                     hcl.losses.USE_FUSED_KERNEL = True
 
@@ -123,8 +126,26 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
         if kind == "matmul":
             products = jax.jit(lambda z: _scanned_products(z, tile))
             return (lambda: jax.block_until_ready(products(z0))), sync
-        grad = jax.jit(jax.value_and_grad(lambda z: hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile)))
-        return (lambda: jax.block_until_ready(grad(z0))), sync
+        if kind == "ce":
+            import optax
+
+            targets = jnp.arange(n)
+
+            def cross_entropy(z, uniforms):
+                return optax.softmax_cross_entropy_with_integer_labels(z @ z.T / TAU, targets).mean()
+
+            loss = cross_entropy
+        else:
+            # "paper": PAPER_PRESET with the (N, k) uniforms given, as a jitted training step passes them
+            options = {**hcl.PAPER_PRESET} if kind == "paper" else {"temperature": TAU}
+            options["kernel"] = "auto" if kernel else "array_api"
+
+            def loss(z, uniforms):
+                return hcl.hscl(z, labels, beta=beta, tile=tile, uniforms=uniforms, **options)
+
+        uniforms = jnp.asarray(rng.random((n, hcl.PAPER_PRESET["k"]), dtype=np.float32)) if kind == "paper" else None
+        grad = jax.jit(jax.value_and_grad(loss))
+        return (lambda: jax.block_until_ready(grad(z0, uniforms))), sync
 
     if backend in ("numpy", "cupy"):
         import hcl_array as hcl
@@ -188,8 +209,11 @@ def _peak_device_bytes(backend: str, device: str) -> int | None:
 def interleaved_worker(spec: dict) -> dict:
     """Median seconds of several torch CPU steps timed in one process, in rotating round-robin order, so
     that the baseline and the loss share the allocator, caches and machine load of the same moments."""
+    backend = spec.get("backend", "torch")
+    if backend == "jax":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     steps = {
-        name: _make_step(kind, "torch", spec["n"], tile, "cpu", kernel)[0]
+        name: _make_step(kind, backend, spec["n"], tile, "cpu", kernel, spec.get("beta", BETA))[0]
         for name, (kind, tile, kernel) in spec["steps"].items()
     }
     for step in steps.values():  # warm-up: allocator, thread pool, imports
@@ -209,7 +233,7 @@ def worker(spec: dict) -> dict:
     kind, backend, n, tile, device, reps = (spec[key] for key in ("kind", "backend", "n", "tile", "device", "reps"))
     if backend == "jax":
         os.environ.setdefault("JAX_PLATFORMS", "cpu" if device == "cpu" else "")
-    step, sync = _make_step(kind, backend, n, tile, device, spec.get("kernel", True))
+    step, sync = _make_step(kind, backend, n, tile, device, spec.get("kernel", True), spec.get("beta", BETA))
     if backend == "torch" and device.startswith("cuda"):
         import torch
 
@@ -364,6 +388,66 @@ def peers_section(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def jax_section(args: argparse.Namespace) -> list[str]:
+    """hscl under jit(value_and_grad) on JAX (CPU, float32, beta = 5) against optax's cross-entropy."""
+    lines = [
+        f"### JAX: hscl vs optax cross-entropy (CPU, float32, d = {DIM}, {CLASSES} classes, beta = {JAX_BETA:g})",
+        "",
+        "Each step is `jax.jit(jax.value_and_grad(loss))(z, uniforms)`. The baseline is",
+        "`optax.softmax_cross_entropy_with_integer_labels(z @ z.T, arange(N)).mean()`. `expected` is",
+        "`hcl.hscl(z, labels, beta=5)` as users call it. `sampled` is the same with `**PAPER_PRESET`",
+        "(k = 256 negatives drawn per anchor) and the (N, k) uniforms given as an argument of the jitted step.",
+        '`array-API code` passes `kernel="array_api"`. Times: the steps run interleaved in one process, repeated in',
+        f"{args.processes} processes; a ratio is the median of the per-process ratios, with their range in",
+        "brackets. Memory: each step alone in its own process (growth of the peak resident size, compilation",
+        "included).",
+        "",
+        "| N | step | time | CE time | time / CE | mem | CE mem | mem / CE |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    labelled = {
+        "expected": ("hscl", True),
+        "expected, array-API code": ("hscl", False),
+        "sampled": ("paper", True),
+        "sampled, array-API code": ("paper", False),
+    }
+    for n in args.jax_sizes:
+        steps = {
+            "ce": ("ce", "auto", True),
+            **{label: (kind, "auto", kernel) for label, (kind, kernel) in labelled.items()},
+        }
+        spec = {"backend": "jax", "n": n, "beta": JAX_BETA}
+        reps = 3 * _reps(args, n) if n <= 2048 else args.reps
+        timings = [
+            timing
+            for _ in range(args.processes)
+            if (timing := run_raw({**spec, "reps": reps, "steps": steps}, args.timeout))
+        ]
+        for timing in timings:
+            print(
+                f"  jax interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+        memory = {
+            name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel, "device": "cpu", "reps": 1}, args.timeout)
+            for name, (kind, tile, kernel) in steps.items()
+        }
+        timed = {
+            name: None
+            if not timings or memory[name] is None
+            else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
+            for name in steps
+        }
+        for label in labelled:
+            record, ce = timed[label], timed["ce"]
+            lines.append(
+                f"| {n} | {label} | {_fmt_time(record)} | {_fmt_time(ce)} | {_ratio_spread(timings, label, 'ce')} | "
+                f"{_fmt_mem(record)} | {_fmt_mem(ce)} | {_ratio(record, ce, 'peak_bytes')} |"
+            )
+    return lines
+
+
 def scaling_section(args: argparse.Namespace) -> list[str]:
     from hcl_array.tiled import auto_tile
 
@@ -480,11 +564,12 @@ def write(tables: list[str], command: str, out: str, marker: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--section", default="peers,scaling,gpu", help="comma-separated: peers, scaling, gpu")
+    parser.add_argument("--section", default="peers,jax,scaling,gpu", help="comma-separated: peers, jax, scaling, gpu")
     parser.add_argument("--sizes", default=None, help="scaling sizes (default: 1024 doubling to --max-n)")
     parser.add_argument("--max-n", type=int, default=8192, help="largest scaling size (65536 for the full run)")
     parser.add_argument("--max-dense", type=int, default=8192, help="largest N for the dense path (memory)")
     parser.add_argument("--peer-sizes", default="512,2048,8192")
+    parser.add_argument("--jax-sizes", default="512,2048,8192", help="jax section: batch sizes")
     parser.add_argument("--gpu-sizes", default="65536,262144,1048576")
     parser.add_argument("--backends", default="torch,jax,numpy")
     parser.add_argument("--kinds", default="dense,tiled,matmul,supcon", help="scaling rows to run")
@@ -508,12 +593,13 @@ def main() -> None:
     args.kinds = args.kinds.split(",")
     args.peer_sizes = [int(n) for n in args.peer_sizes.split(",")]
     args.gpu_sizes = [int(n) for n in args.gpu_sizes.split(",")]
+    args.jax_sizes = [int(n) for n in args.jax_sizes.split(",")]
     args.sizes = (
         [int(n) for n in args.sizes.split(",")]
         if args.sizes
         else [1024 * 2**i for i in range(20) if 1024 * 2**i <= args.max_n]
     )
-    sections = {"peers": peers_section, "scaling": scaling_section, "gpu": gpu_section}
+    sections = {"peers": peers_section, "jax": jax_section, "scaling": scaling_section, "gpu": gpu_section}
     tables: list[str] = []
     for name in args.section.split(","):
         print(f"section {name}", file=sys.stderr)
