@@ -1,7 +1,7 @@
 """The drawn columns of sampled negatives, column for column, in float32 and float64, at N = 8192 and beyond.
 
 Three routes turn an anchor's weights and k uniforms into columns: the array-API paths' counts
-(`formulas.counts_from_uniforms`, the dense and distributed paths), the JAX kernel's per-block search
+(`formulas.counts_from_uniforms`, the dense and distributed paths), the JAX kernel's descent of a tree of partial sums
 (`backends/_jax_fused.draw_columns`), and NumPy's kernel (`inverse_cdf.draw_columns`). Each is held to a
 row-by-row binary search (`np.searchsorted`) in float64:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hcl_array import formulas
+from hcl_array import formulas, inverse_cdf
 from tests.conftest import load_backend
 
 #: (rows, columns, k): the issue's measurement, more rows than that, and a smaller one for float64
@@ -130,6 +130,41 @@ def _tilted_weights(rows: int, columns: int, rng: np.random.Generator) -> np.nda
     return weights * (rng.random((rows, columns)) > 0.01)
 
 
+def _counts_of(columns: np.ndarray, width: int) -> np.ndarray:
+    """(rows, width) counts of each row's drawn columns."""
+    rows = columns.shape[0]
+    flat = (np.arange(rows)[:, None] * width + columns).ravel()
+    return np.bincount(flat, minlength=rows * width).reshape(rows, width)
+
+
+KERNEL_CASES = [("float32", SHAPES[0]), ("float32", SHAPES[1]), ("float64", SHAPES[0])]
+
+
+@pytest.mark.parametrize(("dtype", "shape"), KERNEL_CASES, ids=[f"{d}-{r}x{c}" for d, (r, c, _) in KERNEL_CASES])
+def test_the_jax_kernel_and_numpys_draw_a_binary_searchs_columns(dtype, shape):
+    """Paths: the JAX kernel's draws (`_jax_fused.draw_columns`, under jax.jit, float32 with x64 off) and
+    NumPy's kernel (`inverse_cdf.draw_columns` on the running sums), from the same weights and uniforms."""
+    jax = pytest.importorskip("jax")
+    _namespace("jax")
+    from hcl_array.backends._jax_fused import draw_columns
+
+    rows, columns, k = shape
+    rng = np.random.default_rng(rows + columns)
+    weights, support = _exact_weights(rows, columns, rng)
+    uniforms = rng.random((rows, k), dtype=np.float32).astype(np.float64)
+    if dtype == "float64":
+        _tiny_columns(weights, support, uniforms, range(0, rows, rows // 16))
+    expected = _reference_counts(weights, support, uniforms)
+    eta = np.where(support, weights, 0.0).astype(dtype)
+    with jax.enable_x64(dtype == "float64"):
+        jnp = jax.numpy
+        drawn = jax.jit(draw_columns)(jnp.asarray(eta), jnp.asarray(uniforms.astype(dtype)))
+    numpy_kernel = inverse_cdf.draw_columns(np.cumsum(eta, axis=1), uniforms.astype(dtype))
+    for found in (np.asarray(drawn), numpy_kernel):
+        mismatched_rows = np.flatnonzero(np.any(_counts_of(found, columns) != expected, axis=1))
+        assert mismatched_rows.size == 0, f"rows {mismatched_rows[:10]} of {mismatched_rows.size} draw other columns"
+
+
 def _share_elsewhere(counts: np.ndarray, reference: np.ndarray, bands: int = 4) -> list[float]:
     """For each band of rows, the share of its draws that landed in another column than the reference's."""
     moved = np.abs(counts.astype(np.int64) - reference).sum(axis=1) / 2
@@ -138,11 +173,14 @@ def _share_elsewhere(counts: np.ndarray, reference: np.ndarray, bands: int = 4) 
 
 
 def test_float32_draws_differ_from_float64_only_by_the_running_sums_rounding():
-    """Path: the array-API counts with JAX in float32 (x64 off), against float64 draws of the same uniforms,
-    N = 8192 rows of 1024 tilted weights and k = 256: a few draws in a thousand move, as many in the last
-    band of rows as in the first (a global search with row shifts moved 20% of those beyond row 4096)."""
+    """Paths: the array-API counts with JAX in float32 (x64 off) and the JAX kernel's draws from float32
+    weights, against float64 draws of the same uniforms, N = 8192 rows of 1024 tilted weights and
+    k = 256: a few draws in a thousand move, as many in the last band of rows as in the first (a global
+    search with row shifts moved 20% of those beyond row 4096)."""
     jax = pytest.importorskip("jax")
     _namespace("jax")
+    from hcl_array.backends._jax_fused import draw_columns
+
     rows, columns, k = SHAPES[0]
     rng = np.random.default_rng(5)
     weights = _tilted_weights(rows, columns, rng)
@@ -154,6 +192,8 @@ def test_float32_draws_differ_from_float64_only_by_the_running_sums_rounding():
         counts = jax.jit(formulas.counts_from_uniforms)(
             jnp.asarray(weights, jnp.float32), jnp.asarray(support), jnp.asarray(uniforms)
         )
-    shares = _share_elsewhere(np.asarray(counts), reference)
-    assert max(shares) < 0.01, shares
-    assert shares[-1] < 3 * shares[0] + 1e-3, shares
+        kernel_columns = jax.jit(draw_columns)(jnp.asarray(weights, jnp.float32), jnp.asarray(uniforms))
+    kernel_counts = _counts_of(np.asarray(kernel_columns), columns)
+    for shares in (_share_elsewhere(np.asarray(counts), reference), _share_elsewhere(kernel_counts, reference)):
+        assert max(shares) < 0.01, shares
+        assert shares[-1] < 3 * shares[0] + 1e-3, shares
