@@ -197,6 +197,7 @@ def value_and_grad(
     draw: Callable[[tuple[int, int]], Array] | None = None,
     need_grad: bool = True,
     scan: Scan = tiled.scan_blocks,
+    segment: Callable[..., tuple] | None = None,
 ) -> tuple[Array, Array | None]:
     """The loss of the global batch and dL/d(this rank's embeddings), in the embeddings' layout.
 
@@ -204,6 +205,7 @@ def value_and_grad(
 
     embeddings: this rank's (N_r, d) rows (with ids) or (B_r, V, d) views; draw(shape): the global
     U(0, 1) draws of sampled negatives. The gradient is None when no rank needs it (no reduce-scatter).
+    segment: a backend's kernel for one run of anchors, with `_segment`'s signature and results (JAX: its fused kernel).
     """
     xp = aa.namespace(embeddings)
     rows, row_ids, offset, sizes, views, need_grad = _gather_batch(embeddings, ids, config, comm, int(need_grad))
@@ -212,7 +214,8 @@ def value_and_grad(
     batch, total = embeddings.shape[0], sum(sizes)
     uniforms = draw((rows.shape[0], config.k)) if config.negatives == "sampled" else xp.zeros_like(row_ids)
     segments = range(views) if batch else ()  # a rank with no samples still takes part in every collective
-    parts = [_segment(u, row_ids, uniforms, v * total + offset, batch, config, scan) for v in segments]
+    segment = _segment if segment is None else segment
+    parts = [segment(u, row_ids, uniforms, v * total + offset, batch, config, scan) for v in segments]
     column_grad = sum(part[0] for part in parts[1:]) + parts[0][0] if batch else xp.zeros_like(u)
     loss_sum = sum(xp.sum(part[2]) for part in parts) if batch else xp.sum(u[:0, 0])
     divisor = sum(_divisor_share(part[3], config.reduction) for part in parts) if batch else loss_sum
