@@ -10,7 +10,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -20,8 +20,13 @@ from .hardening import Hardening, as_hardening
 Array = Any
 Normalize = Literal["sphere", "ball", "none"]
 Candidates = Literal["other-ids", "all"]
+Negatives = Literal["expected", "sampled"]
+NegativeReduction = Literal["sum", "mean"]
 Reduction = Literal["mean", "anchor_mean", "none"]
+Form = Literal["infonce", "supcon", "debiased"]
 Kernel = Literal["auto", "fused", "array_api"]
+Tile = int | Literal["auto"] | None
+AxisName = str | tuple[str, ...] | None
 
 __all__ = [
     "LossConfig",
@@ -32,14 +37,15 @@ __all__ = [
     "check_scalar",
 ]
 
+# The accepted strings are the Literal types' own arguments: the signatures and the checks cannot drift apart.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "candidates": ("other-ids", "all"),
-    "normalize": ("sphere", "ball", "none"),
-    "negatives": ("expected", "sampled"),
-    "negative_reduction": ("sum", "mean"),
-    "reduction": ("mean", "anchor_mean", "none"),
-    "form": ("infonce", "supcon", "debiased"),
-    "kernel": ("auto", "fused", "array_api"),
+    "candidates": get_args(Candidates),
+    "normalize": get_args(Normalize),
+    "negatives": get_args(Negatives),
+    "negative_reduction": get_args(NegativeReduction),
+    "reduction": get_args(Reduction),
+    "form": get_args(Form),
+    "kernel": get_args(Kernel),
 }
 
 
@@ -51,22 +57,22 @@ class LossConfig:
     and each path into its block rows for the batch at hand.
     """
 
-    candidates: str = "other-ids"
+    candidates: Candidates = "other-ids"
     hardening: Hardening = None  # type: ignore[assignment]  # loss_config always sets one
     temperature: float = 1.0
-    normalize: str = "ball"
-    negatives: str = "expected"
+    normalize: Normalize = "ball"
+    negatives: Negatives = "expected"
     k: int | None = None
-    negative_reduction: str = "sum"
+    negative_reduction: NegativeReduction = "sum"
     include_self: bool = False
-    reduction: str = "mean"
+    reduction: Reduction = "mean"
     detach_weights: bool = True
     tau_plus: float = 0.0
-    form: str = "infonce"
-    tile: int | str | None = "auto"
-    kernel: str = "auto"
+    form: Form = "infonce"
+    tile: Tile = "auto"
+    kernel: Kernel = "auto"
     check_finite: bool = True
-    axis_name: Any = None  # the JAX mesh axis the batch is split over (hcl_array.distributed)
+    axis_name: AxisName = None  # the JAX mesh axis the batch is split over (hcl_array.distributed)
 
     @property
     def slope(self) -> float:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
 from array_api_compat import is_cupy_array, is_jax_array, is_numpy_array, is_torch_array
 
 from . import _array_api as aa
@@ -143,6 +144,7 @@ def compute(
         return _compute_distributed(embeddings, ids, config, rng, uniforms, return_grad, group)
     embeddings = _guard_gradient(embeddings, config, return_grad)
     xp, z, ids = check_inputs(embeddings, ids)
+    ids = _on_device_of(z, ids)
     if return_grad and config.reduction == "none":
         raise ValueError("return_grad needs a scalar loss: use reduction='mean' or 'anchor_mean'")
     if config.negatives == "sampled":
@@ -154,12 +156,23 @@ def compute(
         reject_non_finite(z, xp)
     if config.check_finite:
         check_similarity_range(z_compute, config)
-    result = implementation(path, family)(z_compute, ids, config, uniforms=uniforms, return_grad=return_grad)
+    with aa.full_precision(z_compute):  # no autocast, no TF32: the loss computes in z_compute's dtype
+        result = implementation(path, family)(z_compute, ids, config, uniforms=uniforms, return_grad=return_grad)
     if return_grad:
         result = restore_views(embeddings, *result, xp)
     if config.check_finite:
         _reject_overflow(result, return_grad, z_compute, config, xp, checked=path != "fused")
     return result
+
+
+def _on_device_of(z: Array, ids: Array) -> Array:
+    """ids on z's device: moved, as pytorch-metric-learning moves labels, since labels often come from a CPU
+    data loader while the embeddings live on the GPU (N integers: a small copy). Otherwise the kernel's
+    gathers would fail with an obscure device error."""
+    target = aa.device(z)
+    if target is None or aa.device(ids) == target:  # None: a JAX tracer, which jit places itself
+        return ids
+    return array_api_compat.to_device(ids, target)
 
 
 def _compute_distributed(
@@ -187,7 +200,8 @@ def _compute_distributed(
         return uniform_draws(rng, uniforms, shape, xp, embeddings)
 
     entry = implementation("distributed", family)
-    return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
+    with aa.full_precision(embeddings):
+        return entry(embeddings, ids, config, group=group, draw=draw, return_grad=return_grad)
 
 
 def _guard_gradient(embeddings: Array, config: LossConfig, return_grad: bool) -> Array:

@@ -315,8 +315,11 @@ def _beta(config: LossConfig) -> float:
 
 
 def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any) -> list[Array]:
-    """Uninitialized arrays of these shapes and like's dtype: the last call's, when they fit the reuse rule."""
-    key = (shapes, like.dtype, type(like))
+    """Uninitialized arrays of these shapes and like's dtype: the last call's, when they fit the reuse rule.
+
+    The device is part of the key: a call on a GPU after a CPU call of the same shapes would otherwise get
+    the CPU buffers as `out=` (a device error)."""
+    key = (shapes, like.dtype, type(like), str(getattr(like, "device", "cpu")))
     cached = getattr(_scratch, "buffers", None)
     if cached is not None and cached[0] == key:
         return cached[1]

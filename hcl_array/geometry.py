@@ -72,11 +72,11 @@ def simplex_etf(
     device: Any = None,
     seed: int | None = None,
 ) -> Array:
-    """C x d simplex equiangular tight frame: unit rows mu_c with mu_a . mu_b = -1/(C-1) and sum_c mu_c = 0.
+    r"""$C \times d$ simplex ETF: unit rows, $\mu_a^\top \mu_b = -\frac{1}{C-1}$, $\sum_c \mu_c = 0$.
 
-    Canonical embedding (seed=None): rows sqrt(C/(C-1)) * (Helmert basis of 1-perp), padded with zeros to d
-    columns; seed=int: the same frame times a Haar-random d x d rotation drawn with NumPy. Needs dim >= C - 1.
-    xp defaults to array_api_compat.numpy and dtype to xp.float64.
+    Canonical embedding (seed=None): rows $\sqrt{C/(C-1)}$ times the Helmert basis of $\mathbf{1}^\perp$, padded
+    with zeros to $d$ columns; seed=int: the same frame times a Haar-random $d \times d$ rotation drawn with NumPy.
+    Needs $d \ge C - 1$. xp defaults to array_api_compat.numpy and dtype to xp.float64.
     """
     _check_sizes(num_classes, dim, min_dim=num_classes - 1, why="num_classes - 1")
     rows = math.sqrt(num_classes / (num_classes - 1)) * _helmert_basis(num_classes)
@@ -92,20 +92,22 @@ def orthogonal_frame(
     device: Any = None,
     seed: int | None = None,
 ) -> Array:
-    """C x d orthonormal rows (mu_a . mu_b = delta_ab): the first C standard basis vectors, or rotated by seed.
+    r"""$C \times d$ orthonormal rows ($\mu_a^\top \mu_b = \delta_{ab}$): the first $C$ basis vectors, or rotated.
 
-    The configuration SupCon with ReLU heads collapses to. Needs dim >= C.
+    The configuration SupCon with ReLU heads collapses to. Needs $d \ge C$.
     """
     _check_sizes(num_classes, dim, min_dim=num_classes, why="num_classes")
     return _place(np.eye(num_classes), dim, xp=xp, dtype=dtype, device=device, seed=seed)
 
 
 def neural_collapse_loss(num_classes: int, *, temperature: float = 1.0, negatives_per_anchor: float = 1.0) -> float:
-    """Loss of the paper's contrastive losses at neural collapse (unit-norm simplex ETF, collapsed classes).
+    r"""Loss of the paper's contrastive losses at neural collapse (unit-norm simplex ETF, collapsed classes):
 
-    log(1 + lambda * exp(-C / ((C-1) tau))): at the ETF a positive pair has similarity 1 and every negative
-    -1/(C-1), so s_in - s_ij = -C/(C-1) for every negative and the hardening weights are uniform.
-    For C=100, tau=1, lambda=1 this is 0.3106.
+    $$\ell^\star = \log\Bigl(1 + \lambda \exp\Bigl(-\frac{C}{(C-1)\,\tau}\Bigr)\Bigr).$$
+
+    At the ETF a positive pair has similarity 1 and every negative $-\frac{1}{C-1}$, so
+    $s_{in} - s_{ij} = -\frac{C}{C-1}$ for every negative and the hardening weights are uniform.
+    For $C = 100$, $\tau = 1$, $\lambda = 1$ this is 0.3106.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")

@@ -1,10 +1,10 @@
-"""Sample-hardening functions eta: how negatives of an anchor are weighted.
+r"""Sample-hardening functions $\eta$: how the negatives of an anchor are weighted,
 
-    q_i(n) = eta(s_in) / sum_{m in N(i)} eta(s_im),   n in N(i)
+$$q_i(n) = \frac{\eta(s_{in})}{\sum_{m \in N(i)} \eta(s_{im})}, \qquad n \in N(i).$$
 
-eta is non-negative and non-decreasing. Every hardening function supplies log eta(s) (with -inf where
-eta = 0), so that q_i is a masked softmax and nothing is ever exponentiated outside log space.
-The functions act on the scaled similarity s = g(z_i).g(z_j) / temperature.
+$\eta$ is non-negative and non-decreasing. Every hardening function supplies $\log \eta(s)$ (with $-\infty$
+where $\eta = 0$), so that $q_i$ is a masked softmax and nothing is ever exponentiated outside log space.
+The functions act on the scaled similarity $s = g(z_i)^\top g(z_j) / \tau$.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._array_api import array_namespace
+from ._array_api import array_namespace, device
 
 Array = Any
 
@@ -36,14 +36,14 @@ __all__ = [
 
 @runtime_checkable
 class Hardening(Protocol):
-    """log eta(s) for the similarities `s`, given the boolean candidate mask of the same shape."""
+    r"""$\log \eta(s)$ for the similarities `s`, given the boolean candidate mask of the same shape."""
 
     def log_weights(self, similarity: Array, candidates: Array) -> Array: ...
 
 
 @dataclass(frozen=True)
 class Uniform:
-    """eta = 1: the plain (unhardened) losses SCL and UCL."""
+    r"""$\eta = 1$: the plain (unhardened) losses SCL and UCL."""
 
     positive: ClassVar[bool] = True  # eta > 0 everywhere: no candidate drops out of the support
     slope: float = 0.0  # d log eta / ds, used by the analytic gradient when weights are not detached
@@ -55,7 +55,7 @@ class Uniform:
 
 @dataclass(frozen=True)
 class ExponentialTilt:
-    """log eta(s) = beta * s (the paper; Robinson et al. 2021). beta = 0 is uniform."""
+    r"""$\log \eta(s) = \beta s$ (the paper; Robinson et al. 2021). $\beta = 0$ is uniform."""
 
     beta: float
     positive: ClassVar[bool] = True
@@ -74,9 +74,9 @@ class ExponentialTilt:
 
 @dataclass(frozen=True)
 class Threshold:
-    """eta(s) = 1[s >= kappa]: only negatives at least as similar as kappa (on the scaled similarity).
+    r"""$\eta(s) = \mathbf{1}[s \ge \kappa]$: only negatives at least as similar as $\kappa$ (on the scaled similarity).
 
-    An anchor none of whose candidates reaches kappa has no negatives and contributes zero loss.
+    An anchor none of whose candidates reaches $\kappa$ has no negatives and contributes zero loss.
     """
 
     kappa: float
@@ -89,9 +89,9 @@ class Threshold:
 
 @dataclass(frozen=True)
 class TopK:
-    """eta = 1 on the k most similar candidates of each anchor (the beta -> infinity limit of tilting).
+    r"""$\eta = 1$ on the $k$ most similar candidates of each anchor (the $\beta \to \infty$ limit of tilting).
 
-    Ties with the k-th largest similarity are all kept; anchors with fewer than k candidates keep all.
+    Ties with the $k$-th largest similarity are all kept; anchors with fewer than $k$ candidates keep all.
     """
 
     k: int
@@ -113,9 +113,9 @@ _VALIDATION_GRID = np.linspace(-100.0, 100.0, 2001)
 
 
 class FromCallable:
-    """A user's eta: any callable mapping an array to an array of non-negative, non-decreasing values.
+    r"""A user's $\eta$: any callable mapping an array to an array of non-negative, non-decreasing values.
 
-    It is checked on a grid of similarities in [-100, 100] (with NumPy when it accepts NumPy arrays,
+    It is checked on a grid of similarities in $[-100, 100]$ (with NumPy when it accepts NumPy arrays,
     otherwise on the first call in the caller's namespace) and rejected with a clear error otherwise.
     """
 
@@ -147,7 +147,8 @@ class FromCallable:
         if not self._checked:
             from ._array_api import to_numpy
 
-            grid = xp.asarray(_VALIDATION_GRID, dtype=similarity.dtype)
+            # on the similarities' device: an eta that closes over GPU arrays cannot take a CPU grid
+            grid = xp.asarray(_VALIDATION_GRID, dtype=similarity.dtype, device=device(similarity))
             self._check(to_numpy(self.eta(grid)))
         weights = self.eta(similarity)
         positive = weights > 0
@@ -159,27 +160,27 @@ class FromCallable:
 
 
 def uniform() -> Uniform:
-    """eta = 1 (no hardening)."""
+    r"""$\eta = 1$ (no hardening)."""
     return Uniform()
 
 
 def exponential(beta: float) -> ExponentialTilt:
-    """Exponential tilting, eta(s) = exp(beta * s)."""
+    r"""Exponential tilting, $\eta(s) = e^{\beta s}$."""
     return ExponentialTilt(float(beta))
 
 
 def threshold(kappa: float) -> Threshold:
-    """eta(s) = 1[s >= kappa]."""
+    r"""$\eta(s) = \mathbf{1}[s \ge \kappa]$."""
     return Threshold(float(kappa))
 
 
 def top_k(k: int) -> TopK:
-    """eta = 1 on the k hardest candidates of each anchor."""
+    r"""$\eta = 1$ on the $k$ hardest candidates of each anchor."""
     return TopK(k)
 
 
 def as_hardening(hardening: Hardening | Callable[[Array], Array] | None) -> Hardening:
-    """None -> uniform, a Hardening object -> itself, a callable eta -> FromCallable (validated)."""
+    r"""None $\to$ uniform, a Hardening object $\to$ itself, a callable $\eta$ $\to$ FromCallable (validated)."""
     if hardening is None:
         return Uniform()
     if isinstance(hardening, (Uniform, ExponentialTilt, Threshold, TopK, FromCallable)) or isinstance(

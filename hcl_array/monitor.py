@@ -1,14 +1,14 @@
-"""Watch collapse inside any training loop: a streaming monitor over the class statistics of metrics.py.
+"""Watch collapse inside any training loop: a streaming monitor over the class statistics of hcl_array.metrics.
 
 `CollapseMonitor` follows the torchmetrics / clu.metrics convention: `update(embeddings, labels)` per batch,
-`compute()` at the end of an epoch, `reset()` before the next. Its state is metrics.py's `CollapseState`
+`compute()` at the end of an epoch, `reset()` before the next. Its state is `metrics.CollapseState`
 (counts, class means, within-class scatter, per-class scatter: O(C d + d^2), whatever the number of rows), so
 `compute()` equals `collapse_report` on the concatenated batches. The statistics are sums over rows, so the
 states of several processes or devices merge into the global one (`merge_states`): two rounds of sums,
 torch.distributed.all_reduce under DDP, jax.lax.psum inside shard_map / pmap.
 
 For JAX the same state is a pytree of arrays and every step is a pure function: `collapse_init`,
-`collapse_update` and `collapse_compute` (from metrics.py, re-exported here) run inside a jitted train step.
+`collapse_update` and `collapse_compute` (from hcl_array.metrics, re-exported here) run inside a jitted train step.
 See docs/monitoring.md.
 """
 
@@ -58,12 +58,16 @@ def _positive(counts: Array) -> Array:
 
 
 def merge_states(state: CollapseState, all_sum: AllSum, /) -> CollapseState:
-    """The global class statistics from each participant's own, with two rounds of `all_sum`.
+    r"""The global class statistics from each participant's own, with two rounds of `all_sum`.
 
-    Round 1 sums n_c and the class sums n_c mu_c, giving the global means mu_c. Round 2 sums each
+    Round 1 sums $n_c$ and the class sums $n_c \mu_c$, giving the global means $\mu_c$. Round 2 sums each
     participant's scatter about the global means (Chan et al., all terms positive semi-definite, so nothing
-    cancels): S = sum_r [S_r + D_r^T diag(n_r) D_r], s_c = sum_r [s_{c,r} + n_{c,r} norm(mu_{c,r} - mu_c)^2],
-    with D_r = M_r - M. Every participant gets the same result.
+    cancels), with $D_r = M_r - M$:
+
+    $$S = \sum_r \bigl[S_r + D_r^\top \operatorname{diag}(n_r)\, D_r\bigr], \qquad
+      s_c = \sum_r \bigl[s_{c,r} + n_{c,r} \lVert \mu_{c,r} - \mu_c \rVert^2\bigr].$$
+
+    Every participant gets the same result.
     """
     xp = namespace(state.means)
     num_classes, dim = state.means.shape

@@ -61,9 +61,10 @@ class TensorBoardWriter:
             self._write(entries, step)
 
     def histogram(self, tag: str, values: np.ndarray, step: int, *, buckets: int = SPECTRUM_BUCKETS) -> None:
-        """The distribution of `values` in `buckets` equal-width buckets between their minimum and maximum.
+        r"""The distribution of `values` in `buckets` equal-width buckets between their minimum and maximum.
 
-        TensorBoard's bucket k holds limit_{k-1} < v <= limit_k (right-closed, unlike np.histogram).
+        TensorBoard's bucket $k$ holds $\mathrm{limit}_{k-1} < v \le \mathrm{limit}_k$ (right-closed, unlike
+        np.histogram).
         """
         values = np.asarray(values, dtype=np.float64).ravel()
         low, high = float(values.min()), float(values.max())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -364,12 +365,19 @@ def local_share(arguments: tuple[Any, ...], rank: int, size: int) -> tuple[Any, 
 
 def init_distributed(device: str | None, timeout: float) -> Any:
     """Join the process group torchrun describes (env RANK, WORLD_SIZE, MASTER_ADDR, ...): NCCL on CUDA,
-    gloo on the CPU. A rank that stops answering makes the others' next collective fail after `timeout` s."""
+    gloo on the CPU. A rank that stops answering makes the others' next collective fail after `timeout` s.
+
+    With NCCL the rank's GPU (device's index, else LOCAL_RANK) becomes the current one first: NCCL binds a
+    rank to the current device, and every rank would otherwise share GPU 0."""
     import datetime
 
+    import torch
     import torch.distributed as dist
 
     backend = "nccl" if device is not None and device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        index = torch.device(device).index
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) if index is None else index)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     return dist.group.WORLD

@@ -24,6 +24,7 @@ from hcl_array import analysis, metrics
 from hcl_array.checkpoint import CheckpointError, save_embeddings
 from hcl_array.cli.app import app
 from hcl_array.embeddings_io import open_embeddings
+from hcl_array.metrics import _probe, _state
 
 NUM_CLASSES, DIM = 5, 4
 
@@ -117,7 +118,7 @@ def test_segment_sums_match_a_loop(xp, route: str) -> None:
     rng = np.random.default_rng(4)
     values, labels = rng.normal(size=(40, 3)) + 100.0, rng.integers(0, 7, size=40).astype(np.uint8)
     labels[labels == 3] = 4  # an empty class in the middle
-    kernel = metrics._segment_sums if route == "dispatch" else metrics._sorted_segment_sums
+    kernel = _state._segment_sums if route == "dispatch" else _state._sorted_segment_sums
     for array in (values, values[:, 0]):
         got = kernel(xp.asarray(array), xp.asarray(labels), 7)
         np.testing.assert_allclose(np.asarray(got), _naive_segment_sums(array, labels, 7), rtol=1e-13)
@@ -127,7 +128,7 @@ def test_blocked_probe_equals_the_unblocked_one(monkeypatch: pytest.MonkeyPatch)
     x, y = _problem(5, 90)
     x = x + np.random.default_rng(5).normal(scale=4.0, size=x.shape)  # misclassified rows
     expected = metrics.collapse_report(x, y)
-    monkeypatch.setattr(metrics, "PROBE_BLOCK_ENTRIES", 3 * NUM_CLASSES + 1)  # blocks of 3 rows, 90 = 30 blocks
+    monkeypatch.setattr(_probe, "PROBE_BLOCK_ENTRIES", 3 * NUM_CLASSES + 1)  # blocks of 3 rows, 90 = 30 blocks
     blocked = metrics.collapse_report(x, y)
     means = np.array([x[y == c].mean(0) for c in range(NUM_CLASSES)])
     nearest = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), axis=1)

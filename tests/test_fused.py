@@ -263,3 +263,16 @@ def test_one_bad_entry_anywhere_is_rejected(backend, name, overrides):
         with pytest.raises(ValueError, match="NaN or Inf"):
             function(poisoned, labels, **options)
         assert not np.isfinite(float(function(poisoned, labels, check_finite=False, **options)))
+
+
+def test_the_scratch_buffers_of_a_cpu_call_are_not_handed_to_a_call_on_another_device():
+    """The buffers kept for the next call of the same shapes went to a GPU call as out= (a device error);
+    a meta tensor stands in for the GPU."""
+    torch = pytest.importorskip("torch")
+    from hcl_array.backends._torch_fused import TorchOps
+
+    shapes = ((64, 64), (64, 8))
+    cpu_buffers = fused._scratch_buffers(shapes, torch.zeros(1), TorchOps)
+    assert fused._scratch_buffers(shapes, torch.zeros(1), TorchOps)[0] is cpu_buffers[0], "reused on the CPU"
+    on_meta = fused._scratch_buffers(shapes, torch.zeros(1, device="meta"), TorchOps)
+    assert [buffer.device.type for buffer in on_meta] == ["meta", "meta"]

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 
 from hcl_array import dispatch, tiled
+from hcl_array._array_api import full_precision
 from hcl_array.config import LossConfig
 
 
@@ -58,7 +59,8 @@ def _tiled_backward(config: LossConfig, residuals: Any, cotangent: jax.Array) ->
     if config.reduction != "none":
         return residuals * cotangent, None
     z, ids, stats = residuals
-    return _backward(z, ids, stats, cotangent, config), None  # integer ids get no cotangent
+    with full_precision(z):  # traced after the forward call's context has closed: full float32 products again
+        return _backward(z, ids, stats, cotangent, config), None  # integer ids get no cotangent
 
 
 _tiled.defvjp(_tiled_forward, _tiled_backward)

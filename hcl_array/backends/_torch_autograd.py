@@ -14,6 +14,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from hcl_array import dispatch, tiled
+from hcl_array._array_api import full_precision
 from hcl_array.config import LossConfig
 
 
@@ -47,7 +48,8 @@ class TiledLoss(torch.autograd.Function):
         if ctx.config.reduction != "none" or not ctx.needs_input_grad[0]:
             return saved_gradient_times(ctx, cotangent)
         z, ids, *stats = ctx.saved_tensors
-        return tiled.backward(z, ids, tuple(stats), cotangent, ctx.config), None, None
+        with full_precision(z):  # a backward pass called inside autocast recomputes the blocks in float32 too
+            return tiled.backward(z, ids, tuple(stats), cotangent, ctx.config), None, None
 
 
 def tiled_loss(
