@@ -454,8 +454,8 @@ def scaling_section(args: argparse.Namespace) -> list[str]:
     lines = [
         "### Scaling: hscl forward + backward, d = 128, dense and tiled, vs the matrix products alone",
         "",
-        "Torch and NumPy rows run the fused kernel (`dense`: one block of N rows), JAX rows the array-API",
-        "code. The products are z_b z^T, G z and G^T z_b per block of the same size.",
+        "Torch, NumPy and JAX rows run the fused kernel (`dense`: one block of N rows). The products are",
+        "z_b z^T, G z and G^T z_b per block of the same size.",
         "",
         "| backend | N | path | tile | time | memory | time / products | products time | products mem | "
         "time / SupCon | mem / SupCon |",

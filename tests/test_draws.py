@@ -142,11 +142,13 @@ KERNEL_CASES = [("float32", SHAPES[0]), ("float32", SHAPES[1]), ("float64", SHAP
 
 @pytest.mark.parametrize(("dtype", "shape"), KERNEL_CASES, ids=[f"{d}-{r}x{c}" for d, (r, c, _) in KERNEL_CASES])
 def test_the_jax_kernel_and_numpys_draw_a_binary_searchs_columns(dtype, shape):
-    """Paths: the JAX kernel's draws (`_jax_fused.draw_columns`, under jax.jit, float32 with x64 off) and
-    NumPy's kernel (`inverse_cdf.draw_columns` on the running sums), from the same weights and uniforms."""
+    """Paths: the JAX kernel's draws under jax.jit, float32 with x64 off (`_jax_fused.draw_columns`: NumPy's
+    guide table through a host callback on the CPU, and `tree_draw_columns`, the descent of a tree of
+    partial sums that other devices run), and NumPy's kernel (`inverse_cdf.draw_columns` on the running
+    sums), from the same weights and uniforms."""
     jax = pytest.importorskip("jax")
     _namespace("jax")
-    from hcl_array.backends._jax_fused import draw_columns
+    from hcl_array.backends._jax_fused import draw_columns, tree_draw_columns
 
     rows, columns, k = shape
     rng = np.random.default_rng(rows + columns)
@@ -158,9 +160,10 @@ def test_the_jax_kernel_and_numpys_draw_a_binary_searchs_columns(dtype, shape):
     eta = np.where(support, weights, 0.0).astype(dtype)
     with jax.enable_x64(dtype == "float64"):
         jnp = jax.numpy
-        drawn = jax.jit(draw_columns)(jnp.asarray(eta), jnp.asarray(uniforms.astype(dtype)))
+        arguments = (jnp.asarray(eta), jnp.asarray(uniforms.astype(dtype)))
+        drawn, tree_drawn = (np.asarray(jax.jit(draw)(*arguments)) for draw in (draw_columns, tree_draw_columns))
     numpy_kernel = inverse_cdf.draw_columns(np.cumsum(eta, axis=1), uniforms.astype(dtype))
-    for found in (np.asarray(drawn), numpy_kernel):
+    for found in (drawn, tree_drawn, numpy_kernel):
         mismatched_rows = np.flatnonzero(np.any(_counts_of(found, columns) != expected, axis=1))
         assert mismatched_rows.size == 0, f"rows {mismatched_rows[:10]} of {mismatched_rows.size} draw other columns"
 
@@ -173,13 +176,14 @@ def _share_elsewhere(counts: np.ndarray, reference: np.ndarray, bands: int = 4) 
 
 
 def test_float32_draws_differ_from_float64_only_by_the_running_sums_rounding():
-    """Paths: the array-API counts with JAX in float32 (x64 off) and the JAX kernel's draws from float32
-    weights, against float64 draws of the same uniforms, N = 8192 rows of 1024 tilted weights and
-    k = 256: a few draws in a thousand move, as many in the last band of rows as in the first (a global
-    search with row shifts moved 20% of those beyond row 4096)."""
+    """Paths: the array-API counts with JAX in float32 (x64 off) and the JAX kernel's tree descent from
+    float32 weights (on the CPU the kernel draws NumPy's float32 columns), against float64 draws of the
+    same uniforms, N = 8192 rows of 1024 tilted weights and k = 256: a few draws in a thousand move, as
+    many in the last band of rows as in the first (a global search with row shifts moved 20% of those
+    beyond row 4096)."""
     jax = pytest.importorskip("jax")
     _namespace("jax")
-    from hcl_array.backends._jax_fused import draw_columns
+    from hcl_array.backends._jax_fused import tree_draw_columns
 
     rows, columns, k = SHAPES[0]
     rng = np.random.default_rng(5)
@@ -192,7 +196,7 @@ def test_float32_draws_differ_from_float64_only_by_the_running_sums_rounding():
         counts = jax.jit(formulas.counts_from_uniforms)(
             jnp.asarray(weights, jnp.float32), jnp.asarray(support), jnp.asarray(uniforms)
         )
-        kernel_columns = jax.jit(draw_columns)(jnp.asarray(weights, jnp.float32), jnp.asarray(uniforms))
+        kernel_columns = jax.jit(tree_draw_columns)(jnp.asarray(weights, jnp.float32), jnp.asarray(uniforms))
     kernel_counts = _counts_of(np.asarray(kernel_columns), columns)
     for shares in (_share_elsewhere(np.asarray(counts), reference), _share_elsewhere(kernel_counts, reference)):
         assert max(shares) < 0.01, shares

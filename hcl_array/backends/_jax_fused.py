@@ -28,13 +28,15 @@ concrete value, so the whole computation runs under `jax.jit` and inside `shard_
 from __future__ import annotations
 
 import math
+import threading
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from hcl_array import dispatch
+from hcl_array import dispatch, fused, inverse_cdf
 from hcl_array.config import LossConfig
 from hcl_array.formulas import normalize_embeddings, normalize_vjp
 from hcl_array.hardening import ExponentialTilt
@@ -70,30 +72,60 @@ def draw_columns(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
     """(rows, k) columns by inverse CDF: for each draw u_t the first n with W_in > u_t W_i, W_in the running sum
     of row i's nonnegative weights up to column n and W_i its total; never a weightless column.
 
-    No running sum is formed (XLA's cumulative sum on the CPU cost twelve passes of exp over the block):
-    pairwise sums of the weights, level by level, are a binary tree over each row (2 N entries in all,
-    zeros padding N to a power of two), and each draw descends it from the root, going right when its
-    remainder reaches the left child's sum and the right child has weight: log2(N) gathers over (rows, k).
+    On the CPU, NumPy's kernel finds them (`inverse_cdf.draw_columns`, a guide table, through a host
+    callback on the block): XLA's gathers cost about 20 ns each there, so a search in XLA took six times
+    as long. When JAX's default backend is another (a GPU), `tree_draw_columns` does, in XLA. Each row's
+    columns come back sorted (the loss does not depend on the order of the draws).
+    """
+    if jax.default_backend() != "cpu":  # the backend this program is compiled for
+        return tree_draw_columns(weights, uniforms)
+    return jax.pure_callback(_host_draw_columns, jax.ShapeDtypeStruct(uniforms.shape, jnp.int32), weights, uniforms)
+
+
+_host_scratch = threading.local()
+
+
+def _host_draw_columns(weights: Any, uniforms: Any) -> np.ndarray:
+    """`draw_columns` in NumPy: the running sums (in a buffer kept per thread for the next block of the same
+    shape, under NumPy's kernel's limit: a fresh one page-faults), then the guide table; the comparison runs
+    in the wider dtype, as NumPy's kernel's does."""
+    weights, uniforms = np.asarray(weights), np.asarray(uniforms)
+    buffer = getattr(_host_scratch, "running_sums", None)
+    if buffer is None or buffer.shape != weights.shape or buffer.dtype != weights.dtype:
+        buffer = np.empty_like(weights)
+        _host_scratch.running_sums = buffer if buffer.nbytes <= fused.SCRATCH_LIMIT_BYTES else None
+    np.cumsum(weights, axis=1, out=buffer)
+    return inverse_cdf.draw_columns(buffer, uniforms).astype(np.int32)
+
+
+def tree_draw_columns(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """`draw_columns` in XLA, without running sums (XLA's cumulative sum on the CPU cost twelve passes of
+    exp): pairwise sums of the weights, level by level, are a binary tree over each row (zeros pad N to a
+    power of two), and each draw descends it from the root, going right when its remainder reaches the
+    left child's sum and the rest of the node has weight: log2(N) gathers over (rows, k).
+
     In exact arithmetic these are a binary search's columns; the tree's sums round differently from a
     left-to-right running sum, which moves a few draws in a thousand in float32 (tests/test_draws.py).
-    The comparisons run in the wider dtype of the two inputs.
     """
     rows, n = weights.shape
+    uniforms = jnp.sort(uniforms, axis=1)  # each row's columns then come out sorted, as NumPy's do
     width = 1 << max(n - 1, 1).bit_length()  # a power of two >= n, at least 2
     level = jnp.pad(weights, ((0, 0), (0, width - n)))
     levels = [level]
     while level.shape[1] > 1:
-        level = level.reshape(rows, -1, 2).sum(axis=2)
+        level = level[:, 0::2] + level[:, 1::2]
         levels.append(level)
-    remainder = uniforms * levels[-1]  # u W
+    node_sum = levels[-1][:, :1] + jnp.zeros(uniforms.shape, weights.dtype)
+    remainder = uniforms * node_sum  # u W
     node = jnp.zeros(uniforms.shape, dtype=jnp.int32)
     for children in reversed(levels[:-1]):
         left_child = 2 * node
         left = jnp.take_along_axis(children, left_child, axis=1)
-        right = jnp.take_along_axis(children, left_child + 1, axis=1)
-        # the right child has weight whenever u W < W; the test also keeps rounding out of weightless columns
-        go_right = (remainder >= left) & (right > 0)
+        # the right child has weight whenever the node's sum exceeds the left one's; the test also keeps
+        # a remainder that rounding carried past the node's weight out of weightless columns
+        go_right = (remainder >= left) & (node_sum > left)
         remainder = jnp.where(go_right, remainder - left, remainder)
+        node_sum = jnp.where(go_right, node_sum - left, left)
         node = left_child + go_right
     return node
 
@@ -186,7 +218,9 @@ def _sampled_block(u_rows, columns, masks, constants, uniforms, config: LossConf
     else:
         eta = jnp.ones_like(similarity) if candidates is None else candidates.astype(similarity.dtype)
     drawn_columns = draw_columns(eta, uniforms)
-    drawn = jnp.take_along_axis(similarity, drawn_columns, axis=1)
+    rows, n = similarity.shape
+    drawn_at = (jnp.arange(rows, dtype=jnp.int32)[:, None] * n + drawn_columns).reshape(-1)  # sorted, as drawn
+    drawn = jnp.take(similarity.reshape(-1), drawn_at).reshape(drawn_columns.shape)
     drawn_peak = jnp.max(drawn, axis=1)
     drawn_exponentials = jnp.exp(drawn - drawn_peak[:, None])
     drawn_sum = jnp.sum(drawn_exponentials, axis=1)
@@ -195,11 +229,9 @@ def _sampled_block(u_rows, columns, masks, constants, uniforms, config: LossConf
     loss_rows, dl_dc = _pair_terms(anchor_term, similarity, positives, config.form)
     weight = constants["weight"]
     anchor_grad = weight * jnp.sum(dl_dc, axis=1)
-    rows = jnp.arange(u_rows.shape[0])[:, None]
-    gradient = (
-        (-weight[:, None] * dl_dc).at[rows, drawn_columns].add((anchor_grad / drawn_sum)[:, None] * drawn_exponentials)
-    )
-    return weight * loss_rows, gradient
+    drawn_grad = ((anchor_grad / drawn_sum)[:, None] * drawn_exponentials).reshape(-1)
+    gradient = (-weight[:, None] * dl_dc).reshape(-1).at[drawn_at].add(drawn_grad, indices_are_sorted=True)
+    return weight * loss_rows, gradient.reshape(rows, n)
 
 
 def segment(
