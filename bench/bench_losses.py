@@ -131,7 +131,7 @@ def _make_step(
 
             targets = jnp.arange(n)
 
-            def cross_entropy(z, uniforms):
+            def cross_entropy(z, labels, uniforms):
                 return optax.softmax_cross_entropy_with_integer_labels(z @ z.T / TAU, targets).mean()
 
             loss = cross_entropy
@@ -140,12 +140,12 @@ def _make_step(
             options = {**hcl.PAPER_PRESET} if kind == "paper" else {"temperature": TAU}
             options["kernel"] = "auto" if kernel else "array_api"
 
-            def loss(z, uniforms):
+            def loss(z, labels, uniforms):
                 return hcl.hscl(z, labels, beta=beta, tile=tile, uniforms=uniforms, **options)
 
         uniforms = jnp.asarray(rng.random((n, hcl.PAPER_PRESET["k"]), dtype=np.float32)) if kind == "paper" else None
-        grad = jax.jit(jax.value_and_grad(loss))
-        return (lambda: jax.block_until_ready(grad(z0, uniforms))), sync
+        grad = jax.jit(jax.value_and_grad(loss))  # labels an argument, as in a training step (not folded in)
+        return (lambda: jax.block_until_ready(grad(z0, labels, uniforms))), sync
 
     if backend in ("numpy", "cupy"):
         import hcl_array as hcl
@@ -207,8 +207,10 @@ def _peak_device_bytes(backend: str, device: str) -> int | None:
 
 
 def interleaved_worker(spec: dict) -> dict:
-    """Median seconds of several torch CPU steps timed in one process, in rotating round-robin order, so
-    that the baseline and the loss share the allocator, caches and machine load of the same moments."""
+    """Median seconds of several CPU steps (torch, or JAX with "backend": "jax") timed in one process, in
+    rotating round-robin order, so that the baseline and the loss share the allocator, caches and machine
+    load of the same moments; also each step's median CPU seconds of the process (all its threads), as
+    "<name> cpu", which other processes' load disturbs less than the wall clock."""
     backend = spec.get("backend", "torch")
     if backend == "jax":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -221,12 +223,15 @@ def interleaved_worker(spec: dict) -> dict:
         step()
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(spec["reps"]):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            cpu_times[name].append(time.process_time() - cpu_start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {**medians, **{f"{name} cpu": statistics.median(values) for name, values in cpu_times.items()}}
 
 
 def worker(spec: dict) -> dict:
@@ -399,11 +404,12 @@ def jax_section(args: argparse.Namespace) -> list[str]:
         "(k = 256 negatives drawn per anchor) and the (N, k) uniforms given as an argument of the jitted step.",
         '`array-API code` passes `kernel="array_api"`. Times: the steps run interleaved in one process, repeated in',
         f"{args.processes} processes; a ratio is the median of the per-process ratios, with their range in",
-        "brackets. Memory: each step alone in its own process (growth of the peak resident size, compilation",
-        "included).",
+        "brackets; `CPU time / CE` compares the CPU seconds of the process (all its threads), which other",
+        "processes' load disturbs less than the wall clock on a shared machine. Memory: each step alone in its",
+        "own process (growth of the peak resident size, compilation included).",
         "",
-        "| N | step | time | CE time | time / CE | mem | CE mem | mem / CE |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| N | step | time | CE time | time / CE | CPU time / CE | mem | CE mem | mem / CE |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     labelled = {
         "expected": ("hscl", True),
@@ -443,6 +449,7 @@ def jax_section(args: argparse.Namespace) -> list[str]:
             record, ce = timed[label], timed["ce"]
             lines.append(
                 f"| {n} | {label} | {_fmt_time(record)} | {_fmt_time(ce)} | {_ratio_spread(timings, label, 'ce')} | "
+                f"{_ratio_spread(timings, f'{label} cpu', 'ce cpu')} | "
                 f"{_fmt_mem(record)} | {_fmt_mem(ce)} | {_ratio(record, ce, 'peak_bytes')} |"
             )
     return lines

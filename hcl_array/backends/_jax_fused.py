@@ -164,28 +164,30 @@ def _masks(row_ids: jax.Array, positions: jax.Array, ids: jax.Array, config: Los
 
 
 def _pair_terms(anchor_term: jax.Array, similarity: jax.Array, positives: jax.Array, form: str) -> tuple:
-    """(sum over the row's positives of l_ij, dl/dc_ij on the positives and 0 elsewhere)."""
-    margin = anchor_term[:, None] - similarity
+    """(sum over each anchor's positives of l_ij, dl/dc_ij on the positives and 0 elsewhere); the pairs run
+    along the last axis, the anchors along the others."""
+    margin = anchor_term[..., None] - similarity
     if form == "supcon":  # l = c - s
-        return jnp.sum(jnp.where(positives, margin, 0.0), axis=1), positives.astype(similarity.dtype)
+        return jnp.sum(jnp.where(positives, margin, 0.0), axis=-1), positives.astype(similarity.dtype)
     # softplus and sigmoid from one exponential: e = exp(-|m|) <= 1 never overflows
     e = jnp.exp(-jnp.abs(margin))
     softplus = jnp.maximum(margin, 0.0) + jnp.log1p(e)
     sigmoid = jnp.where(margin >= 0, 1.0, e) / (1.0 + e)
-    return jnp.sum(jnp.where(positives, softplus, 0.0), axis=1), jnp.where(positives, sigmoid, 0.0)
+    return jnp.sum(jnp.where(positives, softplus, 0.0), axis=-1), jnp.where(positives, sigmoid, 0.0)
 
 
-def _expected_block(u_rows, columns, masks, constants, config: LossConfig) -> tuple:
-    """(sum_j w_ij l_ij, G) of a block for expected negatives; `columns` = (1 + beta) u / tau."""
+def _expected_negatives(u_rows, columns, candidates, constants, config: LossConfig) -> tuple:
+    """(c_i, s, G's candidate part as a function of r_i) of a block for expected negatives;
+    `columns` = (1 + beta) u / tau."""
     beta = _beta(config)
     tilted = _rows_by_columns(u_rows, columns)  # x = (1 + beta) s
-    positives, candidates = masks
     masked = tilted if candidates is None else jnp.where(candidates, tilted, -jnp.inf)
     has_candidates = constants["weight"] > 0
     peak = jnp.where(has_candidates, jnp.max(masked, axis=1), 0.0)  # finite where the row has candidates
     shifted = masked - peak[:, None]
     exponentials = jnp.exp(shifted)
     tilted_sum = jnp.where(has_candidates, jnp.sum(exponentials, axis=1), 1.0)
+    slope = config.slope
     if beta:
         ratio = beta / (1.0 + beta)
         weights = jnp.exp(shifted * ratio)
@@ -194,21 +196,21 @@ def _expected_block(u_rows, columns, masks, constants, config: LossConfig) -> tu
     else:
         log_normalizer = constants["log_candidates"]
     anchor_term = constants["log_lambda"] + jnp.log(tilted_sum) + peak - log_normalizer
-    loss_rows, dl_dc = _pair_terms(anchor_term, tilted * (1.0 / (1.0 + beta)), positives, config.form)
-    weight = constants["weight"]
-    anchor_grad = weight * jnp.sum(dl_dc, axis=1)
-    slope = config.slope
-    gradient = ((anchor_grad * (1.0 + slope)) / tilted_sum)[:, None] * exponentials - weight[:, None] * dl_dc
-    if slope:
-        gradient = gradient - ((anchor_grad * slope) / weights_sum)[:, None] * weights
-    return weight * loss_rows, gradient
+
+    def gradient(anchor_grad: jax.Array) -> jax.Array:  # (1 + slope) r_i p_in - slope r_i q_in
+        candidate_part = ((anchor_grad * (1.0 + slope)) / tilted_sum)[:, None] * exponentials
+        if slope:
+            candidate_part = candidate_part - ((anchor_grad * slope) / weights_sum)[:, None] * weights
+        return candidate_part
+
+    return anchor_term, tilted * (1.0 / (1.0 + beta)), gradient
 
 
-def _sampled_block(u_rows, columns, masks, constants, uniforms, config: LossConfig) -> tuple:
-    """(sum_j w_ij l_ij, G) of a block for k sampled negatives per anchor; `columns` = u / tau."""
+def _sampled_negatives(u_rows, columns, candidates, constants, uniforms, config: LossConfig) -> tuple:
+    """(c_i, s, G's candidate part as a function of r_i) of a block for k sampled negatives per anchor;
+    `columns` = u / tau."""
     beta = _beta(config)
     similarity = _rows_by_columns(u_rows, columns)
-    positives, candidates = masks
     has_candidates = constants["weight"] > 0
     if beta:  # eta = exp(beta s), shifted by the row max of the candidates (detached: the draws are constants)
         log_eta = beta * jax.lax.stop_gradient(similarity)
@@ -226,12 +228,13 @@ def _sampled_block(u_rows, columns, masks, constants, uniforms, config: LossConf
     drawn_sum = jnp.sum(drawn_exponentials, axis=1)
     log_lambda = 0.0 if config.negative_reduction == "mean" else math.log(config.k)
     anchor_term = (log_lambda - math.log(uniforms.shape[1])) + jnp.log(drawn_sum) + drawn_peak
-    loss_rows, dl_dc = _pair_terms(anchor_term, similarity, positives, config.form)
-    weight = constants["weight"]
-    anchor_grad = weight * jnp.sum(dl_dc, axis=1)
-    drawn_grad = ((anchor_grad / drawn_sum)[:, None] * drawn_exponentials).reshape(-1)
-    gradient = (-weight[:, None] * dl_dc).reshape(-1).at[drawn_at].add(drawn_grad, indices_are_sorted=True)
-    return weight * loss_rows, gradient.reshape(rows, n)
+
+    def gradient(anchor_grad: jax.Array) -> jax.Array:  # r_i softmax_t(s_{i n_t}) at the drawn columns
+        drawn_grad = ((anchor_grad / drawn_sum)[:, None] * drawn_exponentials).reshape(-1)
+        zeros = jnp.zeros(rows * n, similarity.dtype)
+        return zeros.at[drawn_at].add(drawn_grad, indices_are_sorted=True).reshape(rows, n)
+
+    return anchor_term, similarity, gradient
 
 
 def segment(
@@ -250,60 +253,62 @@ def segment(
     Returns (the column part of tau D dL/du (N, d), its anchors' own part (count, d), each anchor's
     sum_j w_ij l_ij, each anchor's |P(i)|), D the global divisor: `distributed._segment`'s contract.
     uniforms: (N, k) U(0, 1) draws of every row (sampled negatives), else unused. `scan` is ignored: the
-    kernel loops over its blocks with `scan_balanced`.
+    kernel loops over its blocks with `scan_blocks`.
     """
     del scan
-    sampled = config.negatives == "sampled"
     positions = start + jnp.arange(count)
     constants = _anchor_constants(jnp.take(ids, positions), ids, config, u.dtype)
-    factor = 1.0 / config.temperature if sampled else (1.0 + _beta(config)) / config.temperature
-    columns = u * factor
-
-    def body(column_grad: Any, first_row: Any, rows: tuple) -> tuple:
-        u_rows, row_ids, row_positions, weight, log_lambda, log_candidates, *row_uniforms = rows
-        row_constants = {"weight": weight, "log_lambda": log_lambda, "log_candidates": log_candidates}
-        masks = _masks(row_ids, row_positions, ids, config)
-        if sampled:
-            loss_rows, gradient = _sampled_block(u_rows, columns, masks, row_constants, row_uniforms[0], config)
-        else:
-            loss_rows, gradient = _expected_block(u_rows, columns, masks, row_constants, config)
-        if not need_grad:
-            return column_grad, (loss_rows, jnp.zeros_like(u_rows[:, :0]))
-        return column_grad + _transposed_times(gradient, u_rows), (loss_rows, _times(gradient, u))
-
+    # blocks of equal size, at most `tile` rows: fewer pad rows than blocks, and one compiled block body
+    blocks = -(-count // block_rows(config.tile, count))
+    rows_per_block = -(-count // blocks)
     row_arrays = [jnp.take(u, positions, axis=0), jnp.take(ids, positions), positions]
     row_arrays += [constants[key] for key in ("weight", "log_lambda", "log_candidates")]
-    if sampled:
+    if config.negatives == "sampled":
         row_arrays.append(jnp.take(uniforms, positions, axis=0))
+    # pad rows are zeros, so their weight is 0: they contribute nothing, and their outputs are dropped
+    pad = blocks * rows_per_block - count
+    row_arrays = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in row_arrays]
+    body = partial(_block, u=u, ids=ids, config=config, need_grad=need_grad)
     carry = jnp.zeros_like(u) if need_grad else jnp.zeros_like(u[:0])
-    column_grad, (loss_sums, row_grad) = scan_balanced(body, carry, tuple(row_arrays), block_rows(config.tile, count))
-    return column_grad, row_grad, loss_sums, constants["pair_count"]
+    column_grad, (loss_sums, row_grad) = scan_blocks(body, carry, tuple(row_arrays), rows_per_block)
+    return column_grad, row_grad[:count], loss_sums[:count], constants["pair_count"]
 
 
-def scan_balanced(body: Any, carry: Any, row_arrays: tuple[jax.Array, ...], tile: int) -> tuple[Any, tuple]:
-    """body(carry, first_row, rows) over ceil(n / tile) blocks of equal size (at most `tile` rows) in one
-    `lax.scan`; the outputs, one entry per row, are concatenated.
+def _block(column_grad: Any, first_row: Any, rows: tuple, *, u, ids, config: LossConfig, need_grad: bool) -> tuple:
+    """One block of anchors: its negatives' terms, its positive pairs, G and the two products. Returns the
+    column gradient so far and the block's (loss sums, row gradient)."""
+    u_rows, row_ids, row_positions, weight, log_lambda, log_candidates, *row_uniforms = rows
+    constants = {"weight": weight, "log_lambda": log_lambda, "log_candidates": log_candidates}
+    positives, candidates = _masks(row_ids, row_positions, ids, config)
+    if config.negatives == "sampled":
+        columns = u * (1.0 / config.temperature)
+        negatives = _sampled_negatives(u_rows, columns, candidates, constants, row_uniforms[0], config)
+    else:
+        columns = u * ((1.0 + _beta(config)) / config.temperature)
+        negatives = _expected_negatives(u_rows, columns, candidates, constants, config)
+    anchor_term, similarity, candidate_gradient = negatives
+    loss_rows, dl_dc = _pair_terms(anchor_term, similarity, positives, config.form)
+    if not need_grad:
+        return column_grad, (weight * loss_rows, jnp.zeros_like(u_rows[:, :0]))
+    # G = r_i p_in (the candidates' part) - w_i dl/dc_ij at the positives, r_i = w_i sum_j dl/dc_ij
+    gradient = candidate_gradient(weight * jnp.sum(dl_dc, axis=1)) - weight[:, None] * dl_dc
+    return column_grad + _transposed_times(gradient, u_rows), (weight * loss_rows, _times(gradient, u))
 
-    The rows are padded at the end to a whole number of blocks (fewer pad rows than blocks), so that the
-    block body is compiled once, not twice as with a short last block. Pad rows are zeros: the body must
-    make a row of zeros contribute nothing (the kernel's anchor weight 0 does); their outputs are dropped.
-    """
+
+def scan_blocks(body: Any, carry: Any, row_arrays: tuple[jax.Array, ...], rows_per_block: int) -> tuple[Any, tuple]:
+    """body(carry, first_row, rows) over the blocks of `rows_per_block` rows (which divide the rows) in one
+    `lax.scan`, so that the block body is compiled once; the outputs, one entry per row, are concatenated."""
     n = row_arrays[0].shape[0]
-    blocks = -(-n // tile)
-    rows_per_block = -(-n // blocks)
-    padded = blocks * rows_per_block
-    if padded > n:
-        row_arrays = tuple(jnp.pad(a, [(0, padded - n)] + [(0, 0)] * (a.ndim - 1)) for a in row_arrays)
+    blocks = n // rows_per_block
 
     def step(carry: Any, first_row: jax.Array) -> tuple[Any, tuple]:
         rows = tuple(jax.lax.dynamic_slice_in_dim(a, first_row, rows_per_block) for a in row_arrays)
         return body(carry, first_row, rows)
 
     if blocks == 1:  # one block: no loop at all
-        carry, outputs = step(carry, 0)
-        return carry, tuple(out[:n] for out in outputs)
+        return step(carry, 0)
     carry, stacked = jax.lax.scan(step, carry, jnp.arange(blocks) * rows_per_block)
-    return carry, tuple(out.reshape((padded, *out.shape[2:]))[:n] for out in stacked)
+    return carry, tuple(out.reshape((n, *out.shape[2:])) for out in stacked)
 
 
 def _divisor(pair_counts: jax.Array, reduction: str) -> jax.Array:
