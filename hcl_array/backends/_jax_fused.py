@@ -15,10 +15,11 @@ in-place buffers and pair lists, which XLA fuses into a few passes over the bloc
     dL/du[a:b] += G u,  dL/du += G^T u[a:b]                        (/ tau and the divisor at the end)
 
 Sampled negatives (the paper's estimator): per block, the weights eta(s_in) on the candidates; each
-anchor's k uniforms pick the first n with W_in > u W_iN, W its running sums (`draw_columns`: a descent of
-a tree of the weights' pairwise sums, the columns of a binary search), c_i = log lambda_i - log k +
-LSE_t s_{i n_t}, and G gets r_i softmax_t(s_{i n_t}) at the drawn columns (a column drawn twice counts
-twice). No running sum exists, not even the block's.
+anchor's k uniforms pick the first n with W_in > u W_iN, W its running sums (`draw_columns`: on the CPU
+NumPy's kernel's guide table through a host callback on the block, elsewhere `tree_draw_columns`, a
+descent of a tree of the weights' pairwise sums), c_i = log lambda_i - log k + LSE_t s_{i n_t}, and G
+gets r_i softmax_t(s_{i n_t}) at the drawn columns (a column drawn twice counts twice). No running sum of
+the whole batch exists, only the block's (on the host).
 
 `segment` is also the distributed path's block loop on a mesh (`_jax_distributed.py`): local anchors
 against the gathered global batch, with their global positions for the self-pairs. Nothing here needs a
@@ -42,7 +43,7 @@ from hcl_array.formulas import normalize_embeddings, normalize_vjp
 from hcl_array.hardening import ExponentialTilt
 from hcl_array.tiled import block_rows
 
-__all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "segment"]
+__all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "segment", "tree_draw_columns"]
 
 #: The precision of the kernel's three products per block, in one place: full float32 on every device
 #: (a GPU's default may be TF32, whose 10-bit mantissa is coarser than the similarities need).
@@ -77,9 +78,14 @@ def draw_columns(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
     as long. When JAX's default backend is another (a GPU), `tree_draw_columns` does, in XLA. Each row's
     columns come back sorted (the loss does not depend on the order of the draws).
     """
-    if jax.default_backend() != "cpu":  # the backend this program is compiled for
+    if not _draws_on_host():
         return tree_draw_columns(weights, uniforms)
     return jax.pure_callback(_host_draw_columns, jax.ShapeDtypeStruct(uniforms.shape, jnp.int32), weights, uniforms)
+
+
+def _draws_on_host() -> bool:
+    """Whether the program being traced runs on the CPU (JAX's default backend), where the host draws."""
+    return jax.default_backend() == "cpu"
 
 
 _host_scratch = threading.local()
