@@ -2,9 +2,10 @@
 
     nox                      # default: ruff, the tests on each CPU backend, then the crosscheck
     nox -s cupy              # on a machine with a CUDA GPU (skips cleanly without one)
-    nox -s gpu               # CUDA machine: CuPy, torch CUDA, JAX GPU tests and the GPU bench (< 8 min)
+    nox -s gpu               # CUDA machine with a registry: scripts/gpu_check.py (GPU tests + bench, < 8 min)
     nox -s hypothesis        # the overflow property with thousands of examples (-- N to choose)
     nox -s lightly           # lightly's NTXentLoss parity (needs torch 2.14.1 + torchvision 0.29.1)
+    nox -s vision            # every image test with torchvision (torch 2.14.1 + torchvision 0.29.1)
     nox -s docs              # mkdocs build --strict, then the math of every page rendered in headless Chromium
     nox -s package           # sdist + wheel: twine check, then installed outside the repo and run
     nox -s bench             # the benchmark tables in docs/performance.md
@@ -18,11 +19,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import tarfile
 import tempfile
-import time
-import xml.etree.ElementTree as ElementTree
 import zipfile
 from pathlib import Path
 
@@ -100,6 +98,21 @@ def lightly(session: nox.Session) -> None:
     session.run(
         "pytest", "-q", "tests/test_peers.py", "-k", "lightly", *session.posargs, env={"HCL_REQUIRE_LIGHTLY": "1"}
     )
+
+
+@nox.session(default=False)
+def vision(session: nox.Session) -> None:
+    """Every image test (marker `vision`) with torchvision, which needs the torch build it was made for.
+
+    HCL_REQUIRE_VISION=1 turns the "torchvision is not installed" skips into failures, so a test that
+    silently skipped here would show up as failed.
+    """
+    session.install("torch==2.14.1", "torchvision==0.29.1")
+    session.install("-e", ".[test-core,cli,images]")
+    env = {"HCL_REQUIRE_VISION": "1", "HCL_BACKENDS": "numpy,array_api_strict,torch"}  # the namespaces installed
+    # Only the files that hold image tests: the others would be collected just to skip on jax, lightning, ...
+    files = sorted(str(path) for path in Path("tests").glob("test_*.py") if "mark.vision" in path.read_text())
+    session.run("pytest", "-q", "-rs", "-m", "vision", *files, *session.posargs, env=env)
 
 
 @nox.session(default=False)
@@ -196,71 +209,16 @@ def hypothesis(session: nox.Session) -> None:
     session.run("pytest", "-q", "tests/test_overflow.py", "--hypothesis-show-statistics", env=env)
 
 
-GPU_TESTS = {
-    "torch CUDA, CuPy, JAX GPU vs NumPy; exp_ route; placement": ["tests/test_gpu.py"],
-    "cross-backend agreement (crosscheck)": ["tests/test_crosscheck.py"],
-    "sampled kernel on every backend": ["tests/test_sampled_kernel.py"],
-}
-
-
-def _cuda_device() -> str | None:
-    """The first GPU's name from nvidia-smi, or None when this machine has no CUDA device."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return probe.stdout.splitlines()[0] if probe.returncode == 0 and probe.stdout.strip() else None
-
-
-def _junit_counts(path: Path) -> tuple[int, int, int]:
-    """(passed, failed, skipped) from a pytest junit XML report."""
-    suite = ElementTree.parse(path).getroot()
-    suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
-    tests, failed = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-    skipped = int(suite.get("skipped", 0))
-    return tests - failed - skipped, failed, skipped
-
-
 @nox.session(default=False)
 def gpu(session: nox.Session) -> None:
-    """CUDA machine: CuPy, torch CUDA and JAX GPU tests, then the GPU bench section, as one summary table.
-
-    Without a CUDA device it says so and stops (exit 0). The CUDA builds come from PyPI (not the CPU pin).
-    """
-    device = _cuda_device()
-    if device is None:
-        session.log("no CUDA device on this machine (nvidia-smi finds none): the GPU session has nothing to run")
+    """CUDA machine with a registry: installs the CUDA builds, then runs scripts/gpu_check.py (the GPU tests,
+    the GPU bench section and the cifar100 preset's step, one summary table, < 8 min). The lent machines have
+    no registry and no nox: there run `python3 scripts/gpu_check.py` itself. Without a CUDA device the script
+    says so in one line and the session ends (exit 0)."""
+    probe = session.run("python", "scripts/gpu_check.py", "--probe", silent=True) or ""
+    if probe.startswith("gpu_check: no CUDA device"):  # before installing gigabytes of CUDA wheels
+        session.log(probe.strip())
         return
-    started = time.monotonic()
-    session.install("-e", ".[test-core,cli]", "torch", "cupy-cuda12x", "jax[cuda12]", "pytorch-metric-learning")
-    rows = []
-    for label, paths in GPU_TESTS.items():
-        report = Path(session.create_tmp()) / f"{len(rows)}.xml"
-        env = {"HCL_BACKENDS": "numpy,torch,jax,cupy"}
-        session.run("pytest", "-q", f"--junitxml={report}", *paths, env=env, success_codes=[0, 1])
-        rows.append((label, *_junit_counts(report)))
-    bench = Path(session.create_tmp()) / "gpu.md"
-    session.run(
-        "python",
-        "bench/bench_losses.py",
-        "--section",
-        "gpu",
-        "--gpu-sizes",
-        "65536,1048576",
-        "--reps",
-        "1",
-        "--timeout",
-        "150",
-        "--out",
-        str(bench),
-    )
-    lines = [
-        f"GPU session on {device}, {time.monotonic() - started:.0f} s",
-        "",
-        "| check | passed | failed | skipped |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {label} | {passed} | {failed} | {skipped} |" for label, passed, failed, skipped in rows]
-    table = [line for line in bench.read_text().splitlines() if line.startswith("|")]
-    print("\n".join([*lines, "", *table]))
-    if any(failed for _, _, failed, _ in rows):
-        session.error("GPU tests failed (table above)")
+    # the CUDA 12 builds (drivers >= 525); [ctk] brings CuPy's CUDA libraries, which it does not load from torch
+    session.install("-e", ".[test-core,cli,safetensors]", "torch", "cupy-cuda12x[ctk]>=14", "jax[cuda12]")
+    session.run("python", "scripts/gpu_check.py", *session.posargs)

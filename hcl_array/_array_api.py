@@ -105,7 +105,9 @@ def full_precision(like: Array, /) -> AbstractContextManager[Any]:
     overflows; bfloat16 keeps 3 digits): autocast is switched off inside. JAX runs float32 products in
     TF32 on Ampere and Hopper GPUs by default (about 5e-4 relative error in s): "float32" precision
     inside (`jax.default_matmul_precision`, read when the products are traced, so it holds under jit and
-    for their transposes). The one place for this choice: the loss entry points and the JAX kernels use it.
+    for their transposes), unless the user chose a precision (jax.default_matmul_precision, or the
+    jax_default_matmul_precision flag), which then holds. The one place for this choice: the loss entry
+    points and the JAX kernels use it.
     torch's own TF32 switch (`torch.backends.cuda.matmul.allow_tf32`, off by default) is the user's to set.
     """
     if is_torch_array(like):
@@ -115,7 +117,9 @@ def full_precision(like: Array, /) -> AbstractContextManager[Any]:
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             return torch.autocast(device_type, enabled=False)
     elif is_jax_array(like):
-        return sys.modules["jax"].default_matmul_precision("float32")
+        jax = sys.modules["jax"]
+        if jax.config.jax_default_matmul_precision is None:  # JAX's default; a precision the user set stays
+            return jax.default_matmul_precision("float32")
     return contextlib.nullcontext()
 
 

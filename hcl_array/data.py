@@ -1,7 +1,8 @@
 """Data sets for `hcl train`: synthetic latent classes, scikit-learn digits, CIFAR-10/100, any `.npz`.
 
 Everything here is NumPy and returns NumPy arrays; a backend moves them to its device. Nothing is
-ever downloaded: CIFAR is read from files the user already has. See docs/data.md.
+ever downloaded: CIFAR is read from files the user already has. STL-10, Tiny ImageNet and folders of
+PNG/JPEG images are read by `image_data.py`. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ DATASET_NAMES = ("synthetic", "digits", "cifar10", "cifar100", "npz")
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled train/test split: x float32 of shape (N, ...), y int64 of shape (N,) in [0, num_classes)."""
+    """A labelled train/test split: y int64 of shape (N,) in [0, num_classes); x float32 of shape (N, ...), or
+    for image data sets uint8 pixels 0..255 of shape (N, 3, H, W) (`is_image`), normalized on the device."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -45,6 +47,11 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. (32,) for vectors or (3, 32, 32) for CIFAR images."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """True for uint8 (N, C, H, W) pixels, which training normalizes and augments on the device."""
+        return self.x_train.dtype == np.uint8 and self.x_train.ndim == 4
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +246,7 @@ def _find_cifar_files(data_dir: Path, layout: dict[str, Any]) -> tuple[str, Path
 
 
 def cifar(data_dir: str | Path, num_classes: Literal[10, 100] = 10) -> Dataset:
-    """CIFAR-10 or CIFAR-100 (fine labels) from local files: images float32 in [0, 1], shape (N, 3, 32, 32).
+    """CIFAR-10 or CIFAR-100 (fine labels) from local files: uint8 pixels 0..255, shape (N, 3, 32, 32).
 
     `data_dir` is the extracted folder (e.g. cifar-10-batches-py) or its parent; both the python
     (pickle) and the binary version are read. Pickles go through a restricted unpickler.
@@ -262,8 +269,7 @@ def cifar(data_dir: str | Path, num_classes: Literal[10, 100] = 10) -> Dataset:
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"{folder}: labels outside [0, {num_classes}) in {files}; is this CIFAR-{num_classes}?")
         # Rows are 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 plane.
-        images = pixels.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
-        return images, labels
+        return np.ascontiguousarray(pixels.reshape(-1, 3, 32, 32)), labels
 
     x_train, y_train = read(layout[f"{kind}_train"])
     x_test, y_test = read(layout[f"{kind}_test"])

@@ -234,9 +234,13 @@ def _reject_overflow(result: Any, return_grad: bool, z: Array, config: LossConfi
     non-finite value pays for the full check. Under jax.jit nothing is concrete: no test.
     """
     value, grad = result if return_grad else (result, None)
+    finite = xp.all(xp.isfinite(value))
+    if grad is not None:  # one read by the host for both (on a GPU each read waits for the device)
+        finite = finite & xp.all(xp.isfinite(grad))
+    if aa.concrete_bool(finite) is not False:
+        return
     if aa.concrete_bool(xp.all(xp.isfinite(value))) is False:
         if not checked:
             reject_non_finite(z, xp)
         raise overflow_error("the loss", z, config)
-    if grad is not None and aa.concrete_bool(xp.all(xp.isfinite(grad))) is False:
-        raise overflow_error("the gradient", z, config, grad.dtype)
+    raise overflow_error("the gradient", z, config, grad.dtype)

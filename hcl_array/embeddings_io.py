@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import struct
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +65,35 @@ class _Array:
 # Formats.
 
 
+#: What a damaged file makes the readers raise: NumPy's header parser (ast.literal_eval after tokenize: a garbled
+#: header gives SyntaxError or tokenize.TokenError; an impossible dtype TypeError), zipfile and zlib (a damaged
+#: archive or compressed stream), and the file itself.
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    SyntaxError,
+    tokenize.TokenError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's message on one line (SyntaxError and TokenError carry the garbled text on more)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def _npy_header(handle: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of an .npy stream positioned at its start; object dtypes and Fortran order refused."""
     try:
         version = np.lib.format.read_magic(handle)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(handle)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{where} is unreadable ({error})") from error
+    except _UNREADABLE as error:
+        raise CheckpointError(f"{where} is unreadable ({_first_line(error)})") from error
     if dtype.hasobject:
         raise CheckpointError(f"{where} is a pickled object array; {_PICKLE_HINT}")
     if fortran and len(shape) > 1:
@@ -102,17 +125,21 @@ def _npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> _Array:
     where = f"{path}: array {key!r}"
     info = archive.getinfo(f"{key}.npy")
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:  # not encrypted
-        return _npy_array(path, where, start=_stored_offset(path, info, where))
+        return _npy_array(path, where, start=_stored_offset(path, info, where), checksum=(info.CRC, info.file_size))
     with archive.open(f"{key}.npy") as handle:
         shape, dtype = _npy_header(handle, where)
     row_items = int(np.prod(shape[1:], dtype=np.int64))
 
     def blocks(rows: int) -> Iterator[np.ndarray]:
-        with zipfile.ZipFile(path) as again, again.open(f"{key}.npy") as handle:
-            _npy_header(handle, where)
-            for start in range(0, shape[0], rows):
-                count = min(rows, shape[0] - start)
-                yield _read_exact(handle, count * row_items, dtype, where).reshape((count, *shape[1:]))
+        try:
+            with zipfile.ZipFile(path) as again, again.open(f"{key}.npy") as handle:
+                _npy_header(handle, where)
+                for start in range(0, shape[0], rows):
+                    count = min(rows, shape[0] - start)
+                    yield _read_exact(handle, count * row_items, dtype, where).reshape((count, *shape[1:]))
+                handle.read()  # to the member's end, where zipfile compares the CRC-32
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # a damaged compressed stream
+            raise CheckpointError(f"{where} is corrupted ({_first_line(error)})") from error
 
     return _Array(where, shape, dtype, blocks)
 
@@ -126,27 +153,42 @@ def _npz_arrays(path: Path) -> dict[str, _Array]:
         raise CheckpointError(f"{path}: not an .npz archive ({error})") from error
 
 
-def _npy_array(path: Path, where: str | None = None, *, start: int = 0) -> _Array:
-    """The .npy array beginning at byte `start` of the file, memory-mapped one block of rows at a time."""
+def _npy_array(
+    path: Path, where: str | None = None, *, start: int = 0, checksum: tuple[int, int] | None = None
+) -> _Array:
+    """The .npy array beginning at byte `start` of the file, memory-mapped one block of rows at a time.
+
+    checksum: (CRC-32, size) of a stored zip member that holds exactly this .npy: the blocks are checked
+    against it as they are read, and reading past the last one raises when they differ (a flipped byte
+    in the data would otherwise be analyzed as if it were the data).
+    """
     where = where or f"{path}"
     try:
         with open(path, "rb") as handle:
             handle.seek(start)
             shape, dtype = _npy_header(handle, where)
             offset = handle.tell()
+            handle.seek(start)
+            header = handle.read(offset - start)
     except OSError as error:
         raise CheckpointError(f"{where} is unreadable ({error})") from error
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     if shape and path.stat().st_size < offset + shape[0] * row_bytes:
         raise CheckpointError(f"{where} is truncated: the file ends inside the array")
+    if checksum is not None and checksum[1] != len(header) + (shape[0] if shape else 1) * row_bytes:
+        checksum = None  # the member holds more than the array: its CRC covers bytes not read here
 
     def blocks(rows: int) -> Iterator[np.ndarray]:
+        crc = zlib.crc32(header)
         for start in range(0, shape[0], rows):
             count = min(rows, shape[0] - start)
             mapped = np.memmap(path, dtype, "r", offset=offset + start * row_bytes, shape=(count, *shape[1:]))
             block = np.array(mapped)  # a copy; dropping the mapping releases its pages
             del mapped
+            crc = crc if checksum is None else zlib.crc32(block, crc)
             yield block
+        if checksum is not None and crc != checksum[0]:
+            raise CheckpointError(f"{where} is corrupted: its bytes do not match the archive's CRC-32")
 
     return _Array(where, shape, dtype, blocks)
 

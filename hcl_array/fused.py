@@ -151,7 +151,11 @@ class NumpyOps:
         x[index] -= values  # unique indices: nothing to accumulate
 
     def sum_by_row(self, values: Array, rows: Array, num_rows: int) -> Array:
-        return self.np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
+        if self.np is np:  # bincount: NumPy's fastest scatter-add
+            return np.bincount(rows, weights=values, minlength=num_rows).astype(values.dtype)
+        total = self.np.zeros(num_rows, dtype=values.dtype)  # cupy.bincount reads rows' min and max on the host
+        self.np.add.at(total, rows, values)
+        return total
 
     def log(self, x: Array) -> Array:
         return self.np.log(x)
@@ -185,8 +189,9 @@ class NumpyOps:
     def cumsum(self, x: Array) -> Array:
         return self.np.cumsum(x)
 
-    def to_list(self, x: Array) -> list[int]:
-        return [int(v) for v in x.tolist()]
+    def host_ints(self, *arrays: Array) -> list[int]:
+        """The integers of several arrays, flattened and concatenated, in one read by the host."""
+        return [int(v) for v in self.np.concatenate([a.reshape(-1) for a in arrays]).tolist()]
 
     def fill_(self, x: Array, value: float) -> None:
         x.fill(value)
@@ -234,28 +239,33 @@ class _Batch:
     order: Array  # rows sorted by id (stable)
     group_size: Array  # (N,): rows sharing row i's id, i itself included
     pair_base: Array  # (N,): pair p of row i (pairs numbered row by row) is with row order[p + pair_base[i]]
-    pair_offsets: list[int]  # row i's pairs are numbers pair_offsets[i] ... pair_offsets[i + 1] - 1
+    pair_offsets: dict[int, int]  # at each block's first row a (and at n): the number of the pairs of rows < a
 
     @classmethod
-    def of(cls, ids: Array, config: LossConfig, like: Array, ops: Any) -> _Batch:
+    def of(cls, ids: Array, config: LossConfig, like: Array, ops: Any, rows_per_block: int) -> _Batch:
         n = ids.shape[0]
         order, group_start, group_end = ops.same_id_groups(ids)
         group_size = group_end - group_start
         pair_end = ops.cumsum(group_size)
-        pair_offsets = [0, *ops.to_list(pair_end)]
         not_self = 0 if config.include_self else 1
+        # One read by the host per call (on a GPU each read waits for the device): the pair numbers at the
+        # block boundaries, and for anchor_mean without self-pairs the number of rows alone with their id.
+        bounds = [*range(rows_per_block, n, rows_per_block), n]
+        alone = [(group_size == 1).sum()] if config.reduction != "mean" and not config.include_self else []
+        read = ops.host_ints(pair_end[rows_per_block - 1 : n - 1 : rows_per_block], pair_end[n - 1 :], *alone)
+        pair_offsets = dict(zip([0, *bounds], [0, *read[: len(bounds)]], strict=True))
         if config.candidates == "other-ids":
-            empty = pair_offsets[-1] == n * n  # one id for every row
+            empty = pair_offsets[n] == n * n  # one id for every row
             log_num_candidates = 0.0 if empty else ops.log(ops.astype(n - group_size, like))[:, None]
         else:
             empty = n - not_self == 0
             log_num_candidates = math.log(max(n - not_self, 1))
         if config.reduction == "mean":
-            row_weight, count = None, pair_offsets[-1] - not_self * n
+            row_weight, count = None, pair_offsets[n] - not_self * n
         else:  # anchor_mean: 1 / |P(i)| in the rows, 1 / #anchors with pairs outside
             pair_counts = group_size - not_self
             row_weight = 1.0 / ops.astype(pair_counts + (pair_counts == 0), like)
-            count = n if config.include_self else n - int((group_size == 1).sum())
+            count = n - read[-1] if alone else n
         return cls(
             empty=empty or count == 0,
             log_num_candidates=log_num_candidates,
@@ -517,14 +527,20 @@ class _SampledPass(_Pass):
 
 
 def _row_norms(z: Array, ops: Any) -> Array:
-    """||z_i||: the plain sum of squares, or, when it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
-    (as `formulas.row_norms`; the test is one reduction of (N, 1), the rescaled pass runs only then)."""
+    """||z_i||: the plain sum of squares, or, where it overflowed, m_i ||z_i / m_i|| with m_i = max |z_id|
+    (as `formulas.row_norms`).
+
+    On the CPU the rescaled pass runs only when a test of the (N, 1) norms finds an overflow. On a GPU that
+    test would make the host wait for the device, so both are computed (two more passes over (N, d), small
+    beside the (N, N) work) and the rescaled norms taken where the plain ones are not finite.
+    """
     norm = ops.row_norms(z)
-    if math.isfinite(float(norm.max())):
+    if ops.on_cpu(z) and math.isfinite(float(norm.max())):
         return norm
     peak = ops.row_max(abs(z))
     peak = peak + (peak == 0)  # a zero row stays zero
-    return ops.row_norms(z / peak) * peak
+    rescaled = ops.row_norms(z / peak) * peak
+    return rescaled if ops.on_cpu(z) else ops.module.where(ops.module.isfinite(norm), norm, rescaled)
 
 
 def value_and_grad(
@@ -543,10 +559,10 @@ def value_and_grad(
     is not its own positive (0 * NaN = 0 * inf = NaN).
     """
     n, d = z.shape
-    batch = _Batch.of(ids, config, z, ops)
+    rows_per_block = block_rows(config.tile, n)
+    batch = _Batch.of(ids, config, z, ops, rows_per_block)
     if batch.empty:  # 0 * z: the loss 0, or NaN when z holds a NaN or Inf (the caller's finiteness test sees it)
         return (z * 0.0).sum(), (ops.zeros(z.shape, z) if want_grad else None)
-    rows_per_block = block_rows(config.tile, n)
     sampled = config.negatives == "sampled"
     # a second block: the weights (tilt, or sampled: the CDF, then G), or G + G^T
     two_blocks = sampled or _beta(config) or _symmetric(rows_per_block, n, want_grad)

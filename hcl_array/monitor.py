@@ -233,17 +233,19 @@ def _compiled(function: Callable[..., Any], like: Array) -> Callable[..., Any]:
     return _JIT_CACHE[function]
 
 
-def _batch_summary(embeddings: Array, labels: Array) -> tuple[Array, Array, Array]:
+def _batch_summary(embeddings: Array, labels: Array) -> Array:
+    """[all rows finite (0 or 1), smallest label, largest label]: one array, so one read by the host."""
     xp = namespace(embeddings)
-    return xp.all(xp.isfinite(embeddings)), xp.min(labels), xp.max(labels)
+    finite = xp.astype(xp.all(xp.isfinite(embeddings)), labels.dtype)
+    return xp.stack([finite, xp.min(labels), xp.max(labels)])
 
 
 def _check_traced_values(embeddings: Array, labels: Array, num_classes: int) -> None:
     """The value checks collapse_update skips under jax.jit (finite rows, labels in range), run for JAX input."""
     if not is_jax_array(embeddings) or embeddings.ndim != 2 or embeddings.shape[0] == 0 or labels.ndim != 1:
         return  # other backends check eagerly inside collapse_update; shape errors are raised there too
-    finite, lowest, highest = _compiled(_batch_summary, embeddings)(embeddings, labels)
-    if not bool(finite):
+    finite, lowest, highest = _compiled(_batch_summary, embeddings)(embeddings, labels).tolist()
+    if not finite:
         raise ValueError("batch_embeddings contains NaN or infinite values")
-    if int(lowest) < 0 or int(highest) >= num_classes:
+    if lowest < 0 or highest >= num_classes:
         raise ValueError(f"batch_labels must lie in [0, num_classes={num_classes})")

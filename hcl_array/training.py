@@ -23,9 +23,16 @@ import numpy as np
 
 from . import _array_api as aa
 from . import data as datasets
-from . import encoders, losses, optim
+from . import encoders, image_data, losses, optim
 from .backends import get_backend
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .image_pipeline import ImageInputs, check_augment, resolve_augment
+from .train_config import (
+    INSTANCE_ID_LOSSES,
+    LOSSES,
+    TORCH_ENCODERS,
+    TrainConfig,
+)
 
 __all__ = [
     "LOSSES",
@@ -39,118 +46,13 @@ __all__ = [
 ]
 
 Array = Any
-LOSSES: dict[str, Callable[..., Any]] = {
-    "scl": losses.scl,
-    "hscl": losses.hscl,
-    "ucl": losses.ucl,
-    "hucl": losses.hucl,
-    "supcon": losses.supcon,
-    "ntxent": losses.ntxent,
-    "debiased_hcl": losses.debiased_hcl,
-}
-HARDENED = ("hscl", "hucl", "debiased_hcl")
-INSTANCE_ID_LOSSES = ("ucl", "hucl", "ntxent", "debiased_hcl")  # with --views >= 2 positives are the other views
-TORCH_ENCODERS = ("resnet18", "resnet50")
-DEFAULT_BETA = 5.0
-DEFAULT_SAMPLED_K = 256
 #: Fields that may differ between a run and the run resumed from its checkpoint.
 RESUMABLE_CHANGES = ("epochs", "device")
+#: Checkpoint `extra/` prefix of a torch encoder's BatchNorm running statistics (restored on resume).
+BUFFERS = "buffers/"
 #: A class-mean spectrum direction counts as significant when its covariance eigenvalue is at least this
 #: fraction of the largest (log ratio above log(1e-3)); the cliff of dimensional collapse falls far below.
 SIGNIFICANT_RATIO = 1e-3
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every choice of a run (all JSON-serializable; saved in the checkpoint as `config`)."""
-
-    data: str = "synthetic"
-    data_dir: str | None = None
-    data_path: str | None = None
-    classes: int = 10
-    per_class: int = 100
-    input_dim: int = 32
-    separation: float = 3.0
-    noise: float = 1.0
-    encoder: str = "mlp"
-    hidden: int = encoders.DEFAULT_HIDDEN
-    loss: str = "hscl"
-    beta: float | None = None  # None: DEFAULT_BETA for the hardened losses
-    temperature: float | None = None  # None: the loss's own default (1 for the paper's losses)
-    normalize: str | None = None  # None: the loss's own default ("ball" for the paper's losses)
-    negatives: str = "expected"
-    k: int | None = None
-    dim: int | None = None  # None: num_classes - 1
-    batch_size: int = 128
-    epochs: int = 100
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    dtype: str = "float32"
-    device: str | None = None
-    backend: str = "numpy"
-    views: int = 1
-    paper: bool = False
-
-    def validate(self) -> None:
-        """ValueError with a one-line message for any value that cannot work (checked before any data loads)."""
-        _check_choice("loss", self.loss, tuple(LOSSES))
-        _check_choice("encoder", self.encoder, encoders.ENCODERS + TORCH_ENCODERS)
-        _check_choice("negatives", self.negatives, ("expected", "sampled"))
-        _check_choice("optimizer", self.optimizer, tuple(optim.OPTIMIZERS))
-        _check_choice("dtype", self.dtype, ("float32", "float64"))
-        _check_choice("data", self.data, datasets.DATASET_NAMES)
-        if self.normalize is not None:
-            _check_choice("normalize", self.normalize, ("ball", "sphere", "none"))
-        if self.beta is not None:
-            if self.loss not in HARDENED:
-                raise ValueError(f"beta applies to the hardened losses ({', '.join(HARDENED)}), not {self.loss!r}")
-            if not (math.isfinite(self.beta) and self.beta >= 0):
-                raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
-        for name in ("classes", "per_class", "input_dim", "hidden", "batch_size", "epochs", "views"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.dim is not None and self.dim < 1:
-            raise ValueError(f"dim must be >= 1, got {self.dim}")
-        if self.encoder == "free" and self.views > 1:
-            raise ValueError("--views >= 2 needs an encoder of the input (linear, mlp, resnet): free rows ignore x")
-        if self.encoder in TORCH_ENCODERS and self.backend != "torch":
-            raise ValueError(f"encoder {self.encoder!r} exists only with --backend torch")
-
-    def loss_options(self) -> dict[str, Any]:
-        """Keyword options of the loss function: hardness, temperature, normalization, negatives, preset."""
-        options: dict[str, Any] = dict(losses.PAPER_PRESET) if self.paper else {}
-        if self.loss in HARDENED:
-            options["beta"] = DEFAULT_BETA if self.beta is None else self.beta
-        if self.temperature is not None:
-            options["temperature"] = self.temperature
-        if self.normalize is not None:
-            options["normalize"] = self.normalize
-        if not self.paper or self.negatives == "sampled":
-            options["negatives"] = self.negatives
-        if self.k is not None:
-            options["k"] = self.k
-        if options.get("negatives") == "sampled":
-            options.setdefault("k", DEFAULT_SAMPLED_K)
-        return options
-
-    def normalization(self) -> str:
-        """The g the loss applies (saved embeddings are g(z), the representation the loss sees)."""
-        if self.normalize is not None:
-            return self.normalize
-        default = "sphere" if self.loss in ("supcon", "ntxent", "debiased_hcl") else "ball"
-        return "ball" if self.paper else default
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +94,10 @@ def load_dataset(config: TrainConfig) -> datasets.Dataset:
     if config.data in ("cifar10", "cifar100"):
         if config.data_dir is None:
             raise ValueError(f"--data {config.data} needs --data-dir, the folder holding the CIFAR files")
-        return datasets.load(config.data, data_dir=config.data_dir)
+        dataset = datasets.load(config.data, data_dir=config.data_dir)
+        return dataset if config.image_size is None else image_data.resized(dataset, config.image_size)
+    if config.data in image_data.IMAGE_DATASETS:
+        return image_data.load_images(config.data, config.data_dir, config.image_size, seed=config.seed)
     if config.data_path is None:
         raise ValueError("--data npz needs --data-path (or pass --data path/to/file.npz)")
     return datasets.npz(config.data_path, seed=config.seed)
@@ -220,7 +125,7 @@ class ContrastiveObjective:
     loss: str
     options: dict[str, Any]
     views: int = 1
-    module_forward: Callable[..., Array] | None = None  # a torch module's functional forward (resnets)
+    module_forward: Callable[..., Array] | None = None  # (params, x, train) -> z: a torch module (the ResNets)
     group: Any = None  # a torch.distributed ProcessGroup: the loss spans its ranks' shares of the batch
 
     def embed(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
@@ -257,10 +162,11 @@ class ContrastiveObjective:
         flat_grad = xp.reshape(grad_z, (batch * self.views, grad_z.shape[-1]))
         return value, encoders.backward(self.encoder, params, rows, _repeat(indices, self.views), flat_grad)
 
-    def encode(self, params: dict[str, Array], x: Array | None, indices: Array) -> Array:
-        """z = f(x) of (B, ...) single-view rows (`indices` select the free encoder's rows)."""
+    def encode(self, params: dict[str, Array], x: Array | None, indices: Array, train: bool = True) -> Array:
+        """z = f(x) of (B, ...) single-view rows (`indices` select the free encoder's rows); train=False runs a
+        module in eval mode (BatchNorm with its running statistics), as evaluation does."""
         if self.module_forward is not None:
-            return self.module_forward(params, x)
+            return self.module_forward(params, x, train)
         return encoders.forward(self.encoder, params, x, indices)
 
 
@@ -426,41 +332,59 @@ class _Run:
     history: dict[str, list[float]]
     class_means: list[np.ndarray]
     start_epoch: int = 0
+    augment: str = "none"  # the resolved --augment
+    images: ImageInputs | None = None  # image data: pixels on the device, views made there
+    module: Any = None  # a torch ModuleEncoder: its BatchNorm running statistics go in the checkpoint
 
 
 def _setup(config: TrainConfig) -> _Run:
     backend = get_backend(config.backend)
     dataset = load_dataset(config)
     dim = config.dim if config.dim is not None else max(dataset.num_classes - 1, 1)
-    views = config.views
-    options = config.loss_options()
-    if config.encoder in TORCH_ENCODERS:
-        from .backends.torch import resnet_encoder
-
-        module = resnet_encoder(config.encoder, dim, config.seed)
-        initial = {name: value.detach().numpy().astype(np.float64) for name, value in module.named_parameters()}
-        module_forward = _functional_module(module)
+    augment = resolve_augment(config.augment, config.data, config.loss, config.views, dataset.is_image)
+    if config.encoder != "free":
+        check_augment(augment, config.views, dataset.input_shape, dataset.is_image)
+    module = _module_encoder(config, dim) if config.encoder in TORCH_ENCODERS else None
+    if module is not None:
+        initial = module.initial_params()
     else:
-        input_dim = int(np.prod(dataset.input_shape))
         initial = encoders.init_params(
             config.encoder,
-            input_dim=input_dim,
+            input_dim=int(np.prod(dataset.input_shape)),
             output_dim=dim,
             num_samples=dataset.x_train.shape[0],
             hidden=config.hidden,
             seed=config.seed,
         )
-        module_forward = None
-    objective = ContrastiveObjective(config.encoder, config.loss, options, views, module_forward)
-    params = backend.params_from_numpy(initial, config.dtype, config.device)
-    optimizer = backend.optimizer(config.optimizer, params, lr=config.lr)
-    return _Run(config, backend, dataset, dim, objective, params, optimizer.init(params), {}, [])
+    objective = ContrastiveObjective(config.encoder, config.loss, config.loss_options(), config.views, module)
+    run = _Run(config, backend, dataset, dim, objective, {}, {}, {}, [], module=module)
+    run.params = _place(run, initial)
+    run.opt_state = _optimizer(run).init(run.params)
+    if dataset.is_image and config.encoder != "free":
+        run.images = ImageInputs(
+            backend, dataset, augment=augment, dtype=config.dtype, device=config.device, seed=config.seed
+        )
+    run.augment = augment
+    return run
 
 
-def _functional_module(module: Any) -> Callable[..., Array]:
-    from torch.func import functional_call
+def _module_encoder(config: TrainConfig, dim: int) -> Any:
+    """The torch ResNet as a ModuleEncoder: parameters passed in, BatchNorm statistics on the training device."""
+    from .backends.torch import ModuleEncoder, resnet_encoder
 
-    return lambda params, x: functional_call(module, params, (x,))
+    module = resnet_encoder(config.encoder, dim, config.seed)
+    return ModuleEncoder(module, dtype=config.dtype, device=config.device, precision=config.precision)
+
+
+def _place(run: _Run, arrays: dict[str, np.ndarray]) -> dict[str, Array]:
+    """Host arrays (initial or saved parameters) on the backend, in the layout the encoder wants."""
+    placed = run.backend.params_from_numpy(arrays, run.config.dtype, run.config.device)
+    return placed if run.module is None else run.module.place(placed)
+
+
+def _optimizer(run: _Run) -> optim.Optimizer:
+    config = run.config
+    return run.backend.optimizer(config.optimizer, run.params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _resume(run: _Run, path: str | Path) -> None:
@@ -470,17 +394,20 @@ def _resume(run: _Run, path: str | Path) -> None:
     if not isinstance(saved_config, dict) or not saved.params:
         raise CheckpointError(f"{path}: not an `hcl train` checkpoint with parameters to resume from")
     current = dataclasses.asdict(run.config)
+    defaults = dataclasses.asdict(TrainConfig())  # a field added since the checkpoint was written: its default
     differing = sorted(
         key
         for key in current.keys() | saved_config.keys()
-        if key not in RESUMABLE_CHANGES and current.get(key) != saved_config.get(key)
+        if key not in RESUMABLE_CHANGES and current.get(key) != saved_config.get(key, defaults.get(key))
     )
     if differing:
         details = ", ".join(f"{key}: {saved_config.get(key)!r} -> {current.get(key)!r}" for key in differing)
         raise ValueError(f"{path}: cannot resume with a different configuration ({details})")
     backend, dtype, device = run.backend, run.config.dtype, run.config.device
-    run.params = backend.params_from_numpy(saved.params, dtype, device)
+    run.params = _place(run, saved.params)
     run.opt_state = backend.params_from_numpy(saved.optimizer_state, dtype, device)
+    if run.module is not None:
+        run.module.load_buffers({key.removeprefix(BUFFERS): value for key, value in saved.extra.items()})
     run.history = {key: [float(v) for v in values] for key, values in saved.history.items()}
     run.class_means = list(np.asarray(saved.class_means))
     run.start_epoch = saved.epoch
@@ -496,12 +423,14 @@ def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: i
     place = partial(backend.from_numpy, dtype=config.dtype, device=config.device)
     if config.encoder == "free":
         x = None
-    elif config.views == 1:
+    elif run.images is not None:
+        x = run.images.views(indices, config.views, epoch, batch_number)
+    elif run.augment == "none":
         x = place(dataset.x_train[indices])
     else:
         view_rng = np.random.default_rng([config.seed, epoch, batch_number, 1])
-        views = [datasets.augment(dataset.x_train[indices], view_rng) for _ in range(config.views)]
-        x = place(np.stack(views, axis=1))
+        views = [datasets.augment(dataset.x_train[indices], view_rng, run.augment) for _ in range(config.views)]
+        x = place(views[0] if config.views == 1 else np.stack(views, axis=1))
     ids = None if _uses_instance_ids(config) else place(dataset.y_train[indices])
     uniforms = None
     options = run.objective.options
@@ -513,17 +442,22 @@ def _batch_arguments(run: _Run, indices: np.ndarray, epoch: int, batch_number: i
     return x, ids, place(indices), uniforms
 
 
-def _embed(
-    run: _Run, embed_fn: Callable[..., Array], x: np.ndarray | None, count: int, chunk: int = 4096
-) -> np.ndarray:
-    """g(f(x)) of `count` rows (the free encoder's own rows when x is None), float64 on the host."""
+def _embed(run: _Run, embed_fn: Callable[..., Array], split: str | None, count: int, chunk: int = 1024) -> np.ndarray:
+    """g(f(x)) of the first `count` rows of the "train" or "test" split (split None: the free encoder's own
+    rows), unaugmented and in eval mode, float64 on the host."""
     if count == 0:
         return np.zeros((0, run.dim))
     backend, config = run.backend, run.config
+    inputs = None if split is None else (run.dataset.x_train if split == "train" else run.dataset.x_test)
     parts = []
     for start in range(0, count, chunk):
         rows = np.arange(start, min(start + chunk, count), dtype=np.int64)
-        x_part = None if x is None else backend.from_numpy(x[rows], config.dtype, config.device)
+        if inputs is None:
+            x_part = None
+        elif run.images is not None:
+            x_part = run.images.plain(split, rows)
+        else:
+            x_part = backend.from_numpy(inputs[rows], config.dtype, config.device)
         parts.append(backend.to_numpy(embed_fn(run.params, x_part, backend.from_numpy(rows, None, config.device))))
     return np.concatenate(parts).astype(np.float64)
 
@@ -533,11 +467,11 @@ def _evaluate(run: _Run, embed_fn: Callable[..., Array]) -> tuple[np.ndarray, np
     from . import metrics
 
     dataset, num_classes = run.dataset, run.dataset.num_classes
-    train_inputs = None if run.config.encoder == "free" else dataset.x_train
-    train_embeddings = _embed(run, embed_fn, train_inputs, dataset.x_train.shape[0])
+    free = run.config.encoder == "free"
+    train_embeddings = _embed(run, embed_fn, None if free else "train", dataset.x_train.shape[0])
     # The free encoder has rows only for training samples: it has no test embeddings.
-    test_count = 0 if run.config.encoder == "free" else dataset.x_test.shape[0]
-    test_embeddings = _embed(run, embed_fn, dataset.x_test, test_count)
+    test_count = 0 if free else dataset.x_test.shape[0]
+    test_embeddings = _embed(run, embed_fn, "test", test_count)
     report = metrics.collapse_report(train_embeddings, dataset.y_train, num_classes=num_classes)
     scalars = {key: float(value) for key, value in report.items() if key != "spectrum"}
     scalars["significant_directions"] = float(significant_directions(report["spectrum"]))
@@ -561,6 +495,7 @@ def _checkpoint(run: _Run, epoch: int, train_embeddings: np.ndarray, test_embedd
         "loss_options": run.objective.options,
         "normalize": run.config.normalization(),
         "backend_version": backend.version(),
+        "augment": run.augment,
         "embeddings": "g(z): the normalized representation the loss sees",
     }
     return Checkpoint(
@@ -574,6 +509,7 @@ def _checkpoint(run: _Run, epoch: int, train_embeddings: np.ndarray, test_embedd
         params=backend.params_to_numpy(run.params),
         optimizer_state=backend.params_to_numpy(run.opt_state),
         epoch=epoch,
+        extra={} if run.module is None else {BUFFERS + key: value for key, value in run.module.buffer_arrays().items()},
     )
 
 
@@ -602,11 +538,12 @@ def train(
     if resume_from is not None:
         _resume(run, resume_from)
         out = resume_from if out is None else out
-    optimizer = run.backend.optimizer(config.optimizer, run.params, lr=config.lr)
-    step = make_step(run.backend, run.objective, optimizer, _check_devices(config, devices))
+    step = make_step(run.backend, run.objective, _optimizer(run), _check_devices(config, devices))
     normalize = config.normalization()
     embed_fn = run.backend.compile(
-        lambda params, x, indices: losses.normalize_embeddings(run.objective.encode(params, x, indices), normalize)
+        lambda params, x, indices: losses.normalize_embeddings(
+            run.objective.encode(params, x, indices, train=False), normalize
+        )
     )
     path = None if out is None else Path(out)
     num_train = run.dataset.x_train.shape[0]
@@ -618,9 +555,9 @@ def train(
         for batch_number, indices in enumerate(epoch_batches):
             arguments = local_share(_batch_arguments(run, indices, epoch, batch_number), rank, size)
             run.params, run.opt_state, value = step(run.params, run.opt_state, *arguments)
-            batch_losses.append(float(run.backend.to_numpy(value)))
+            batch_losses.append(value)  # kept on the device: reading each would make the host wait for it
         train_embeddings, test_embeddings, scalars, spectrum = _evaluate(run, embed_fn)
-        scalars = {"loss": float(np.mean(batch_losses)), **scalars}
+        scalars = {"loss": _mean_on_host(run.backend, batch_losses), **scalars}
         for key, value in scalars.items():
             run.history.setdefault(key, []).append(value)
         run.class_means.append(_class_means(train_embeddings, run.dataset.y_train, run.dataset.num_classes))
@@ -635,6 +572,11 @@ def train(
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     history = {key: np.asarray(values) for key, values in run.history.items()}
     return TrainResult(checkpoint, path, time.perf_counter() - started, history)
+
+
+def _mean_on_host(backend: Any, values: list[Array]) -> float:
+    """The float64 mean of the scalars of an epoch, read by the host in one transfer."""
+    return float(np.mean(backend.to_numpy(backend.xp.stack(values)).astype(np.float64))) if values else math.nan
 
 
 def _class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

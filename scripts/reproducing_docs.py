@@ -7,8 +7,9 @@
 For each PRESET=DIR: DIR/report.json is copied to docs/reports/PRESET.json, DIR/figures/*.png to
 docs/figures/reproduce-PRESET/, and the block between `<!-- report:PRESET -->` and `<!-- /report:PRESET -->`
 in docs/reproducing.md is replaced by report_markdown of that report. The block `<!-- paper-reference -->`
-is rendered from hcl_array.reproduce.PAPER_REFERENCE. tests/test_reproduce.py checks that the page
-matches the stored reports.
+is rendered from hcl_array.reproduce.PAPER_REFERENCE over the cifar100 grid, and `<!-- claim-needs -->`
+from the claims' settings in that grid. tests/test_reproduce.py checks that the page matches the stored
+reports and the code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from hcl_array.reproduce import PAPER_REFERENCE, PRESETS, report_markdown
+from hcl_array.reproduce import PAPER_REFERENCE, PRESETS, check_claims, report_markdown
+from hcl_array.reproduce.report import NOT_REPORTED
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = DOCS / "reproducing.md"
@@ -31,15 +33,26 @@ def report_block(preset: str, report: dict) -> str:
 
 
 def paper_block() -> str:
-    """The paper's numbers as a table, from PAPER_REFERENCE."""
-    labels = {setting.name: setting.label for setting in PRESETS["cifar100"].settings}
+    """The paper's numbers for each setting of the cifar100 grid, from PAPER_REFERENCE ('not reported' if none)."""
     lines = [
         "| setting | mean-classifier test acc. (%) | equal inner product | significant directions (of 99) |",
         "| --- | --- | --- | --- |",
     ]
-    for name, numbers in PAPER_REFERENCE.items():
-        cells = (labels[name], numbers["test_acc"], numbers["equal_inner_product"], numbers["directions"])
+    for setting in PRESETS["cifar100"].settings:
+        numbers = PAPER_REFERENCE.get(setting.name)
+        columns = ("test_acc", "equal_inner_product", "directions")
+        cells = [setting.label, *(NOT_REPORTED if numbers is None else numbers[key] for key in columns)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def needs_block(preset: str = "cifar100", seeds: int = 3) -> str:
+    """Each claim's settings in the preset's grid and its runs (settings x seeds): what `--settings` must name."""
+    grid = PRESETS[preset].settings
+    lines = [f"| claim | settings it compares (`--settings`) | runs at {seeds} seeds |", "| --- | --- | ---: |"]
+    for claim in check_claims(PRESETS[preset], {}):  # with no finals every claim lists all it needs
+        lines.append(f"| `{claim.id}` | {','.join(claim.missing)} | {len(claim.missing) * seeds} |")
+    lines.append(f"| every claim: the whole grid | {len(grid)} settings | {len(grid) * seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -53,6 +66,7 @@ def replace_block(page: str, name: str, text: str) -> str:
 
 def main(arguments: list[str]) -> None:
     page = replace_block(PAGE.read_text(), "paper-reference", paper_block())
+    page = replace_block(page, "claim-needs", needs_block())
     for argument in arguments:
         preset, _, folder = argument.partition("=")
         if preset not in PRESETS or not folder:

@@ -101,6 +101,17 @@ def _gradient_sequence(steps: int = 5) -> list[np.ndarray]:
             {"lr": 1e-2, "momentum": 0.5, "nesterov": True},
             lambda torch, p: torch.optim.SGD([p], lr=1e-2, momentum=0.5, nesterov=True),
         ),
+        # weight decay as the released UCL run's Adam (1e-6), and large enough to matter in 5 steps
+        (
+            "adam",
+            {"lr": 1e-2, "weight_decay": 0.3},
+            lambda torch, p: torch.optim.Adam([p], lr=1e-2, weight_decay=0.3),
+        ),
+        (
+            "sgd",
+            {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.3},
+            lambda torch, p: torch.optim.SGD([p], lr=1e-2, momentum=0.9, weight_decay=0.3),
+        ),
     ],
 )
 def test_optimizers_match_torch_optim(name: str, hyper: dict, torch_factory) -> None:
@@ -146,6 +157,8 @@ def test_optimizer_rejects_bad_hyperparameters() -> None:
         optim.adam(0.0)
     with pytest.raises(ValueError, match="momentum must be in"):
         optim.sgd(momentum=1.0)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        optim.adam(weight_decay=-1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -302,7 +315,7 @@ def test_resnet_encoder_without_torchvision_names_it() -> None:
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        with pytest.raises(BackendUnavailable, match="needs torchvision.*pip install torchvision"):
+        with pytest.raises(BackendUnavailable, match=r"needs torchvision.*pip install hcl-array\[vision\]"):
             resnet_encoder("resnet18", 9, seed=0)
     else:
         model = resnet_encoder("resnet18", 9, seed=0)

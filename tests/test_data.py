@@ -4,79 +4,24 @@ from __future__ import annotations
 
 import pickle
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hcl_array import data
 
-# ----------------------------------------------------------------------------------------------------
-# Fabricated CIFAR files, laid out and encoded like the distributed archives.
-
-
-def _fake_cifar_arrays(count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
-    fine = rng.integers(0, num_classes, size=count)
-    coarse = fine // 5
-    return pixels, fine, coarse
-
-
-def _write_python_cifar(root: Path, num_classes: int, per_batch: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The python version: pickled dicts (protocol 2) of b"data" uint8 (N, 3072) and list-of-int labels."""
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if num_classes == 10 else ["train", "test"]
-    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
-    folder.mkdir(parents=True)
-    written = {}
-    for index, name in enumerate(files):
-        pixels, fine, coarse = _fake_cifar_arrays(per_batch, num_classes, seed=index)
-        if num_classes == 10:
-            batch = {
-                b"batch_label": b"training batch",
-                b"labels": fine.tolist(),
-                b"data": pixels,
-                b"filenames": [b"img_%d.png" % i for i in range(per_batch)],
-            }
-        else:
-            batch = {
-                b"filenames": [b"x.png"] * per_batch,
-                b"batch_label": b"training batch 1 of 1",
-                b"fine_labels": fine.tolist(),
-                b"coarse_labels": coarse.tolist(),
-                b"data": pixels,
-            }
-        with open(folder / name, "wb") as handle:
-            pickle.dump(batch, handle, protocol=2)
-        written[name] = (pixels, fine)
-    return written
-
-
-def _write_binary_cifar(root: Path, num_classes: int, per_batch: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The binary version: records of label byte(s) then 3072 pixel bytes (CIFAR-100: coarse, fine)."""
-    if num_classes == 10:
-        files, folder = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"], "cifar-10-batches-bin"
-    else:
-        files, folder = ["train.bin", "test.bin"], "cifar-100-binary"
-    (root / folder).mkdir(parents=True)
-    written = {}
-    for index, name in enumerate(files):
-        pixels, fine, coarse = _fake_cifar_arrays(per_batch, num_classes, seed=100 + index)
-        labels = fine[:, None] if num_classes == 10 else np.stack([coarse, fine], axis=1)
-        records = np.concatenate([labels.astype(np.uint8), pixels], axis=1)
-        (root / folder / name).write_bytes(records.tobytes())
-        written[name] = (pixels, fine)
-    return written
+from .fabricate import write_binary_cifar, write_python_cifar
 
 
 def _expected(written: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    pixels = np.concatenate([written[n][0] for n in names]).reshape(-1, 3, 32, 32).astype(np.float32) / 255
+    pixels = np.concatenate([written[n][0] for n in names]).reshape(-1, 3, 32, 32)
     return pixels, np.concatenate([written[n][1] for n in names])
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])
-@pytest.mark.parametrize("writer", [_write_python_cifar, _write_binary_cifar])
+@pytest.mark.parametrize("writer", [write_python_cifar, write_binary_cifar])
 @pytest.mark.parametrize("point_at", ["parent", "folder"])
+@pytest.mark.vision
 def test_cifar_reads_both_formats_from_folder_or_parent(tmp_path, num_classes, writer, point_at):
     written = writer(tmp_path, num_classes)
     data_dir = tmp_path if point_at == "parent" else next(tmp_path.iterdir())
@@ -87,28 +32,30 @@ def test_cifar_reads_both_formats_from_folder_or_parent(tmp_path, num_classes, w
     test_names = [n for n in names if n.startswith("test")]
     x_train, y_train = _expected(written, train_names)
     x_test, y_test = _expected(written, test_names)
-    assert dataset.x_train.shape == (4 * len(train_names), 3, 32, 32) and dataset.x_train.dtype == np.float32
+    assert dataset.x_train.shape == (4 * len(train_names), 3, 32, 32) and dataset.x_train.dtype == np.uint8
+    assert dataset.is_image and dataset.x_train.flags.c_contiguous
     assert dataset.y_train.dtype == np.int64 and dataset.y_test.dtype == np.int64
     np.testing.assert_array_equal(dataset.x_train, x_train)
     np.testing.assert_array_equal(dataset.y_train, y_train)  # fine labels for CIFAR-100
     np.testing.assert_array_equal(dataset.x_test, x_test)
     np.testing.assert_array_equal(dataset.y_test, y_test)
-    assert 0.0 <= dataset.x_train.min() and dataset.x_train.max() <= 1.0
     assert dataset.num_classes == num_classes and dataset.name == f"cifar{num_classes}"
 
 
+@pytest.mark.vision
 def test_cifar_channel_layout_is_red_green_blue_planes(tmp_path):
-    _write_binary_cifar(tmp_path, 10, per_batch=1)
+    write_binary_cifar(tmp_path, 10, per_batch=1)
     record = bytearray((tmp_path / "cifar-10-batches-bin" / "test_batch.bin").read_bytes())
     record[1 : 1 + 3072] = bytes([0] * 1024 + [255] * 1024 + [51] * 1024)  # red 0, green 1, blue 0.2
     (tmp_path / "cifar-10-batches-bin" / "test_batch.bin").write_bytes(bytes(record))
     image = data.cifar(tmp_path).x_test[0]
-    np.testing.assert_allclose(image.reshape(3, -1).mean(axis=1), [0.0, 1.0, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(image.reshape(3, -1).mean(axis=1), [0, 255, 51])
 
 
+@pytest.mark.vision
 def test_cifar_reads_python2_pickles_naming_numpy_core(tmp_path):
     # The original files were written by Python 2 and name numpy.core.multiarray, not numpy._core.
-    _write_python_cifar(tmp_path, 10)
+    write_python_cifar(tmp_path, 10)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     raw = path.read_bytes()
     path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
@@ -120,8 +67,9 @@ class _RunsCode:
         return (print, ("this must never run",))
 
 
+@pytest.mark.vision
 def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, capsys):
-    _write_python_cifar(tmp_path, 10)
+    write_python_cifar(tmp_path, 10)
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as handle:
         pickle.dump({b"data": _RunsCode(), b"labels": []}, handle, protocol=2)
     with pytest.raises(ValueError, match=r"data_batch_3.*refusing to load global __builtin__.print"):
@@ -129,43 +77,49 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     assert "must never run" not in capsys.readouterr().out
 
 
+@pytest.mark.vision
 def test_cifar_object_array_in_pickle_is_refused(tmp_path):
-    _write_python_cifar(tmp_path, 10)
+    write_python_cifar(tmp_path, 10)
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
         pickle.dump({b"data": np.array([1, "a"], dtype=object), b"labels": [0]}, handle, protocol=2)
     with pytest.raises(ValueError, match="test_batch.*object dtypes are refused"):
         data.cifar(tmp_path)
 
 
+@pytest.mark.vision
 def test_cifar_missing_directory_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.*never downloaded"):
         data.cifar(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("num_classes, expected", [(10, "data_batch_1.*test_batch"), (100, "cifar-100-python.*train")])
+@pytest.mark.vision
 def test_cifar_missing_files_lists_what_is_expected(tmp_path, num_classes, expected):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*{expected}.*Nothing is downloaded"):
         data.cifar(tmp_path, num_classes=num_classes)
 
 
+@pytest.mark.vision
 def test_cifar_incomplete_set_and_unextracted_archive(tmp_path):
-    _write_binary_cifar(tmp_path, 10)
+    write_binary_cifar(tmp_path, 10)
     (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="data_batch_4.bin.*extract it"):
         data.cifar(tmp_path)
 
 
+@pytest.mark.vision
 def test_cifar_truncated_binary_file(tmp_path):
-    _write_binary_cifar(tmp_path, 100)
+    write_binary_cifar(tmp_path, 100)
     path = tmp_path / "cifar-100-binary" / "test.bin"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="test.bin.*3074-byte"):
         data.cifar(tmp_path, num_classes=100)
 
 
+@pytest.mark.vision
 def test_cifar10_files_read_as_cifar100_are_rejected(tmp_path):
-    _write_binary_cifar(tmp_path, 10)
+    write_binary_cifar(tmp_path, 10)
     with pytest.raises(FileNotFoundError, match="cifar-100"):
         data.cifar(tmp_path, num_classes=100)
     with pytest.raises(ValueError, match="10 or 100"):
@@ -297,7 +251,7 @@ def test_npz_missing_or_not_an_archive(tmp_path):
 
 def test_load_dispatches_and_lists_names(tmp_path):
     assert data.load("synthetic", num_classes=3, per_class=10).num_classes == 3
-    _write_binary_cifar(tmp_path, 100)
+    write_binary_cifar(tmp_path, 100)
     assert data.load("cifar100", data_dir=tmp_path).num_classes == 100
     with pytest.raises(ValueError, match="data_dir"):
         data.load("cifar10")

@@ -193,3 +193,16 @@ def test_init_distributed_makes_the_rank_gpu_current_before_nccl(monkeypatch, de
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
     init_distributed(device, 30.0)
     assert calls == [("set_device", expected), ("init", "nccl")]
+
+
+def test_a_matmul_precision_the_user_chose_is_kept():
+    """Full float32 replaces JAX's default only: a user who asked for TF32 (for speed) keeps it."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(12, 4)), dtype=jnp.float32)
+    labels = jnp.arange(12) % 3
+    with jax.default_matmul_precision("tensorfloat32"):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda x: hcl.hscl(x, labels, beta=1.0)))(z)
+    precisions = _dot_precisions(jaxpr.jaxpr)
+    assert precisions and all("HIGH" in str(p) and "HIGHEST" not in str(p) for p in precisions), precisions

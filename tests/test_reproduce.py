@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hcl_array.checkpoint import load_checkpoint
 from hcl_array.cli.app import app
-from hcl_array.reproduce import PRESETS, Preset, Setting, check_claims, reproduce, summarize
+from hcl_array.reproduce import PAPER_REFERENCE, PRESETS, Preset, Setting, check_claims, reproduce, summarize
 from hcl_array.reproduce.runner import THREAD_VARIABLES, single_threaded_pool
 from hcl_array.training import train
 
@@ -125,6 +125,44 @@ def test_claims_hold_on_the_papers_shape_and_each_fails_on_its_counterexample() 
     assert not _verdicts(_paper_like(hucl_beta30={"zero_sum": (0.8, 0.8)}))["hucl-breaks-at-large-beta"]
 
 
+def test_a_claim_with_a_setting_not_run_is_not_checked_and_the_others_keep_their_verdicts() -> None:
+    everything = {claim.id: claim for claim in check_claims(PRESETS["digits"], _paper_like())}
+    # HSCL at beta = 10 not run, and UCL's claims made to fail: they are still checked.
+    finals = _paper_like(ucl={"significant_directions": (9.0, 0.5)})
+    del finals["hscl-beta10"]
+    claims = {claim.id: claim for claim in check_claims(PRESETS["digits"], finals)}
+    assert list(claims) == list(everything)  # every claim of the grid is reported, checked or not
+    for claim_id in ("hscl-nearer-etf", "scl-fewer-directions", "hscl-beta-nearer-etf"):  # the three that use it
+        assert (claims[claim_id].checked, claims[claim_id].holds) == (False, None)
+        assert claims[claim_id].missing == ("hscl-beta10",) and claims[claim_id].evidence == []
+    assert claims["hucl-nearer-etf"].evidence == everything["hucl-nearer-etf"].evidence
+    assert claims["hucl-breaks-at-large-beta"].holds is True and claims["hucl-breaks-at-large-beta"].missing == ()
+    assert claims["ucl-fewer-directions"].holds is False and claims["ucl-fewer-directions"].checked
+    assert {claim.id: claim.missing for claim in check_claims(PRESETS["digits"], {"scl": finals["scl"]})} == {
+        "hscl-nearer-etf": ("hscl-beta2", "hscl-beta5", "hscl-beta10"),
+        "hucl-nearer-etf": ("ucl", "hucl-beta5"),
+        "scl-fewer-directions": ("hscl-beta2", "hscl-beta5", "hscl-beta10"),
+        "ucl-fewer-directions": ("ucl", "hucl-beta5"),
+        "hscl-beta-nearer-etf": ("hscl-beta2", "hscl-beta5", "hscl-beta10"),
+        "hucl-breaks-at-large-beta": ("ucl", "hucl-beta5", "hucl-beta30"),
+    }
+
+
+def test_check_fails_only_on_checked_claims_that_do_not_hold() -> None:
+    from hcl_array.reproduce.report import claim_verdict, claims_hold
+
+    def report(*holds: bool | None) -> dict:
+        return {"claims": [{"id": f"c{i}", "holds": value} for i, value in enumerate(holds)]}
+
+    assert [claim_verdict(claim) for claim in report(True, False, None)["claims"]] == [
+        "holds",
+        "does not hold",
+        "not checked",
+    ]
+    assert claims_hold(report(True, None)) and claims_hold(report(None, None)) and claims_hold(report())
+    assert not claims_hold(report(True, False, None)) and not claims_hold(report(False))
+
+
 def test_grid_reports_the_runs_reuses_them_and_checks(tmp_path, monkeypatch) -> None:
     epochs: dict[str, list[int]] = {}
     first = reproduce(
@@ -174,6 +212,85 @@ def test_grid_reports_the_runs_reuses_them_and_checks(tmp_path, monkeypatch) -> 
     assert "runs: 12 reused, 0 resumed, 0 trained" in checked.output
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").iterdir()} == stamps
     assert json.loads((tmp_path / "report.json").read_text())["settings"] == report["settings"]
+
+
+# TINY with HUCL at both moderate betas (as the cifar100 grid has it), and HUCL beta = 2 not in PAPER_REFERENCE.
+TINY_HUCL = Preset(
+    name="tiny-hucl",
+    description=TINY.description,
+    base=TINY.base,
+    settings=(*TINY.settings[:4], Setting("hucl", 2.0), *TINY.settings[4:]),
+    moderate_betas=TINY.moderate_betas,
+    large_beta=TINY.large_beta,
+)
+
+
+def test_settings_runs_that_part_of_the_grid_and_reports_the_claims_it_cannot_check(tmp_path, monkeypatch) -> None:
+    assert "hucl-beta2" not in PAPER_REFERENCE
+    monkeypatch.setitem(PRESETS, "tiny-hucl", TINY_HUCL)
+    command = ["reproduce", "tiny-hucl", "--seeds", "2", "--jobs", "1", "--epochs", "1", "--out", str(tmp_path)]
+    first = runner.invoke(app, [*command, "--settings", "hucl-beta5,ucl,hucl-beta2", "--check"], env={"COLUMNS": "200"})
+    runs = tmp_path / "runs"
+    assert sorted(path.name for path in runs.iterdir()) == [
+        f"{name}-seed{seed}.npz" for name in ("hucl-beta2", "hucl-beta5", "ucl") for seed in (0, 1)
+    ]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [s["name"] for s in report["settings"]] == ["ucl", "hucl-beta2", "hucl-beta5"]  # the grid's order
+    assert report["not_run"] == ["scl", "hscl-beta2", "hscl-beta5", "hucl-beta30"]
+    assert [s["paper"] for s in report["settings"]] == [PAPER_REFERENCE["ucl"], None, PAPER_REFERENCE["hucl-beta5"]]
+    claims = {claim["id"]: claim for claim in report["claims"]}
+    checked = ["hucl-nearer-etf", "ucl-fewer-directions", "hucl-beta-nearer-etf"]
+    assert [claim_id for claim_id, claim in claims.items() if claim["checked"]] == checked
+    for claim_id in checked:
+        assert isinstance(claims[claim_id]["holds"], bool) and claims[claim_id]["missing"] == []
+        assert claims[claim_id]["evidence"]
+    assert claims["hscl-nearer-etf"] | {"statement": ""} == {
+        "id": "hscl-nearer-etf",
+        "statement": "",
+        "checked": False,
+        "holds": None,
+        "missing": ["scl", "hscl-beta2", "hscl-beta5"],
+        "evidence": [],
+    }
+    assert claims["hucl-breaks-at-large-beta"]["missing"] == ["hucl-beta30"]
+    # --check fails only on a checked claim that does not hold
+    assert first.exit_code == (0 if all(claims[claim_id]["holds"] for claim_id in checked) else 1), first.output
+    assert "not checked    hucl-breaks-at-large-beta (needs: hucl-beta30)" in first.output
+    assert "not checked    hscl-nearer-etf (needs: scl, hscl-beta2, hscl-beta5)" in first.output
+    markdown = (tmp_path / "report.md").read_text()
+    held = sum(claims[claim_id]["holds"] for claim_id in checked)
+    assert f"`hcl reproduce tiny-hucl`: {held} of 3 checked claims hold, 4 not checked" in markdown
+    assert "Not run (`--settings`): scl, hscl-beta2, hscl-beta5, hucl-beta30." in markdown
+    assert "- `hucl-breaks-at-large-beta`: **not checked** (needs: hucl-beta30)." in markdown
+    assert "| HUCL beta = 2 | " in markdown and "| not reported | not reported | not reported |" in markdown
+
+    # Another subset into the same folder: the finished run is reused, the new one trained, the rest untouched.
+    stamps = {path: path.stat().st_mtime_ns for path in runs.iterdir()}
+    second = runner.invoke(app, [*command, "--settings", "scl, hucl-beta5"], env={"COLUMNS": "200"})
+    assert second.exit_code == 0 and "runs: 2 reused, 0 resumed, 2 trained" in second.output, second.output
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert [s["name"] for s in again["settings"]] == ["scl", "hucl-beta5"]
+    assert again["settings"][1]["final"] == report["settings"][2]["final"]  # hucl-beta5, read from the same runs
+
+
+def test_unknown_settings_are_a_one_line_error_naming_the_grid(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    valid = "scl, hscl-beta2, hscl-beta5, ucl, hucl-beta5, hucl-beta30"
+    for value, problem in (
+        ("scl,hscl-beta7", "'hscl-beta7' is not in"),
+        ("hscl-5,hucl_beta5", "'hscl-5', 'hucl_beta5' are not in"),
+        (" , ", "names no setting of"),
+    ):
+        result = runner.invoke(app, ["reproduce", "tiny", "--settings", value, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 1, result.output
+        message = result.output.strip()
+        assert message == f"error: --settings: {problem} the tiny grid; choose from {valid}", message
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+    # before the data and GPU checks: the name is the first thing wrong with the command
+    result = runner.invoke(app, ["reproduce", "cifar100", "--settings", "hucl-beta3"])
+    assert result.exit_code == 1 and "'hucl-beta3' is not in the cifar100 grid" in result.output
+    assert "hucl-beta2, hucl-beta5, hucl-beta10, hucl-beta30" in result.output
 
 
 def _worker_threads() -> dict[str, object]:
@@ -293,9 +410,81 @@ def test_docs_tables_are_the_stored_reports(preset) -> None:
     report = json.loads((ROOT / "docs" / "reports" / f"{preset}.json").read_text())
     assert f"<!-- report:{preset} -->\n\n{generator.report_block(preset, report)}\n<!-- /report:{preset} -->" in page
     assert f"<!-- paper-reference -->\n\n{generator.paper_block()}\n<!-- /paper-reference -->" in page
+    assert f"<!-- claim-needs -->\n\n{generator.needs_block()}\n<!-- /claim-needs -->" in page
     assert (
         report["epochs"] == PRESETS[preset].config(Setting("scl"), 0).epochs
         and len(report["settings"][0]["seeds"]) == 3
     )
     for name in ("spectrum.png", "conditions.png"):
         assert (ROOT / "docs" / "figures" / f"reproduce-{preset}" / name).is_file()
+
+
+# The released run, option by option (github.com/rjiang03/HCL, main/SCL and main/UCL; file:line in
+# docs/reproducing.md): what every run of the cifar100 preset must be.
+RELEASED_CIFAR100 = {
+    "data": "cifar100",
+    "encoder": "resnet50",  # model.py: the CIFAR-stem ResNet-50 and the Linear-BN-ReLU-Linear head
+    "dim": 99,  # train_mean_classifier.py:330 feature_dim = c - 1
+    "batch_size": 512,  # :289
+    "optimizer": "adam",  # :338 (UCL :333)
+    "lr": 1e-3,
+    "views": 1,  # train(): only pos_1 goes through the model
+    "augment": "none",  # utils_2.py:121 CIFAR100Pair(transform=test_transform) in SCL and UCL
+    "epochs": 400,  # --epochs 401, of which the notebooks read [:400]
+}
+RELEASED_LOSS = {  # nce_supervised_hard / _easy: tau 1, ball clip in the model, anchor among positives, K = 256
+    "normalize": "ball",
+    "temperature": 1.0,
+    "include_self": True,
+    "negatives": "sampled",
+    "k": 256,
+    "negative_reduction": "mean",
+    "reduction": "mean",
+    "detach_weights": True,
+}
+
+
+def test_cifar100_preset_is_the_released_run_option_by_option() -> None:
+    from hcl_array.image_pipeline import resolve_augment
+    from hcl_array.training import INSTANCE_ID_LOSSES
+
+    preset = PRESETS["cifar100"]
+    for setting in preset.settings:
+        config = preset.config(setting, 0)
+        for name, value in RELEASED_CIFAR100.items():
+            assert getattr(config, name) == value, (setting.name, name)
+        released_decay = 1e-6 if setting.loss in ("ucl", "hucl") else 0.0  # UCL :333, SCL :338
+        assert config.weight_decay == released_decay, setting.name
+        options = config.loss_options()
+        assert {key: options[key] for key in RELEASED_LOSS} == RELEASED_LOSS, setting.name
+        assert options.get("beta") == setting.beta
+        # one view with label ids: positives are the images of the anchor's label, not another view
+        assert config.views == 1 and setting.loss in ("scl", "hscl", *INSTANCE_ID_LOSSES)
+        assert resolve_augment(config.augment, config.data, config.loss, config.views, True) == "none"
+
+
+# The released grid: main/SCL/Visualization.ipynb and main/UCL/Visualization.ipynb each load the runs
+# easy0.0, hard2.0, hard5.0, hard10.0 and hard30.0 (named `--estimator` + `--beta`: UCL/train_mean_classifier.py:366).
+RELEASED_BETAS = (2.0, 5.0, 10.0, 30.0)
+RELEASED_GRID = [
+    ("scl", None),
+    *(("hscl", b) for b in RELEASED_BETAS),
+    ("ucl", None),
+    *(("hucl", b) for b in RELEASED_BETAS),
+]
+
+
+def test_cifar100_grid_is_the_released_grid_and_every_claim_says_what_it_needs() -> None:
+    preset = PRESETS["cifar100"]
+    assert [(setting.loss, setting.beta) for setting in preset.settings] == RELEASED_GRID
+    assert [s.name for s in preset.settings][5:] == ["ucl", "hucl-beta2", "hucl-beta5", "hucl-beta10", "hucl-beta30"]
+    hscl, hucl = ["hscl-beta2", "hscl-beta5", "hscl-beta10"], ["hucl-beta2", "hucl-beta5", "hucl-beta10"]
+    assert {claim.id: claim.missing for claim in check_claims(preset, {})} == {
+        "hscl-nearer-etf": ("scl", *hscl),
+        "hucl-nearer-etf": ("ucl", *hucl),
+        "scl-fewer-directions": ("scl", *hscl),
+        "ucl-fewer-directions": ("ucl", *hucl),
+        "hscl-beta-nearer-etf": tuple(hscl),
+        "hucl-beta-nearer-etf": tuple(hucl),  # the HUCL trend: only this grid has two moderate betas of HUCL
+        "hucl-breaks-at-large-beta": ("ucl", *hucl, "hucl-beta30"),
+    }

@@ -164,8 +164,9 @@ class TorchOps:
         return torch.cumsum(x, 0)
 
     @staticmethod
-    def to_list(x: torch.Tensor) -> list[int]:
-        return x.tolist()
+    def host_ints(*arrays: torch.Tensor) -> list[int]:
+        """The integers of several tensors, flattened and concatenated, in one read by the host."""
+        return torch.cat([a.reshape(-1) for a in arrays]).tolist()
 
     @staticmethod
     def fill_(x: torch.Tensor, value: float) -> None:

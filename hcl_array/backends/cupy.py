@@ -38,11 +38,15 @@ class CupyBackend(BackendBase):
         return cupy.random.default_rng(seed)
 
     def from_numpy(self, array: np.ndarray, dtype: str | None = None, device: str | None = None) -> Any:
-        """A copy on the CUDA device `device` ("cuda:<i>", default the current one), floats cast to dtype."""
+        """A copy on the CUDA device `device` ("cuda:<i>", default the current one), floats cast to dtype.
+
+        That device becomes the current one: CuPy allocates (optimizer state, metric sums, the kernel's
+        buffers) and launches on the current device, so a run on cuda:1 would otherwise work on cuda:0.
+        """
         check_dtype(dtype)
         target = float_dtype(self.xp, np.asarray(array), dtype)
-        with cupy.cuda.Device(self._device_index(device)):
-            return cupy.array(array, dtype=target)
+        cupy.cuda.Device(self._device_index(device)).use()
+        return cupy.array(array, dtype=target)
 
     def devices(self) -> list[str]:
         """["cuda:0", ...]; empty without a CUDA device."""

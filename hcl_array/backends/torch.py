@@ -1,4 +1,5 @@
-"""PyTorch backend (autograd), the `nn.Module` wrappers of every loss, and the CIFAR ResNet encoders.
+"""PyTorch backend (autograd), the `nn.Module` wrappers of every loss, and the CIFAR ResNet encoders (re-exported
+from `_torch_modules`).
 
 Importing this module imports torch; `hcl_array.backends` imports it only when asked for
 (`get_backend("torch")` or `from hcl_array.backends.torch import HSCLLoss`).
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import losses
+from ._torch_modules import ModuleEncoder, resnet_encoder
 from .base import BackendBase, BackendUnavailable, Params, check_dtype
 
 try:
@@ -30,6 +32,7 @@ __all__ = [
     "SupConLoss",
     "NTXentLoss",
     "DebiasedHCLLoss",
+    "ModuleEncoder",
     "resnet_encoder",
 ]
 
@@ -59,11 +62,17 @@ class TorchBackend(BackendBase):
         return torch.Generator().manual_seed(seed)
 
     def from_numpy(self, array: np.ndarray, dtype: str | None = None, device: str | None = None) -> torch.Tensor:
-        """A tensor copy on `device` (default "cpu"), floats cast to dtype."""
+        """A tensor copy on `device` (default "cpu"), floats cast to dtype.
+
+        To a CUDA device the copy goes through pinned memory and does not block: the host goes on preparing
+        the next batch while the GPU works (a copy from pageable memory waits for the device first).
+        """
         check_dtype(dtype)
         array = np.asarray(array)
         target = _DTYPES[dtype] if dtype is not None and np.issubdtype(array.dtype, np.floating) else None
         try:
+            if device is not None and torch.device(device).type == "cuda":
+                return torch.tensor(array, dtype=target).pin_memory().to(device, non_blocking=True)
             return torch.tensor(array, dtype=target, device=device or "cpu")
         except (RuntimeError, AssertionError) as error:  # unknown or unavailable device
             raise ValueError(f"torch cannot place arrays on device {device!r} ({error})") from error
@@ -118,27 +127,3 @@ HUCLLoss = _wrapper("HUCLLoss", losses.hucl)
 SupConLoss = _wrapper("SupConLoss", losses.supcon)
 NTXentLoss = _wrapper("NTXentLoss", losses.ntxent)
 DebiasedHCLLoss = _wrapper("DebiasedHCLLoss", losses.debiased_hcl)
-
-
-# ----------------------------------------------------------------------------------------------------
-# ResNet encoders with the CIFAR stem (torch only).
-
-
-def resnet_encoder(kind: str, output_dim: int, seed: int) -> nn.Module:
-    """torchvision's resnet18/resnet50 with the CIFAR stem (3x3 stride-1 conv, no max-pool), d outputs.
-
-    Raises BackendUnavailable naming the missing package when torchvision is not installed.
-    """
-    if kind not in ("resnet18", "resnet50"):
-        raise ValueError(f"unknown ResNet {kind!r}; choose resnet18 or resnet50")
-    try:
-        import torchvision
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"--encoder {kind} needs torchvision, which is not installed: pip install torchvision"
-        ) from error
-    torch.manual_seed(seed)  # torchvision initializes from torch's global generator
-    model = getattr(torchvision.models, kind)(num_classes=output_dim)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from ..backends import BackendUnavailable
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..data import DATASET_NAMES
 from ..tensorboard_writer import TensorBoardWriter, TrainingLogger
+from ..train_config import DATASETS
 from ..training import LOSSES, EpochReport, TrainConfig, TrainResult, init_distributed, train
 
 #: Errors a user can fix: shown as one line, never as a traceback.
@@ -43,15 +43,38 @@ def fail(message: str) -> typer.Exit:
 _DataOption = Annotated[
     str,
     typer.Option(
-        help="Data set: synthetic, digits, cifar10, cifar100, npz, or a path to an .npz file (arrays x, y; "
-        "optional x_test, y_test)."
+        help="Data set: synthetic, digits, cifar10, cifar100, stl10, tiny-imagenet, folder (DIR/<class>/*.png|jpg), "
+        "npz, or a path to an .npz file (arrays x, y; optional x_test, y_test)."
     ),
 ]
 _DataDirOption = Annotated[
     Optional[Path],
     typer.Option(
-        help="Folder with the CIFAR files (python or binary version); nothing is downloaded. \\[default: none]"
+        help="Folder with the image files: CIFAR (python or binary version), stl10_binary, tiny-imagenet-200, or "
+        "class subfolders for --data folder; nothing is downloaded. \\[default: none]"
     ),
+]
+_ImageSizeOption = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Resize images to S x S (shorter side, then centre crop); needed by --data folder. \\[default: the "
+        "files' own size]"
+    ),
+]
+_AugmentOption = Annotated[
+    str,
+    typer.Option(
+        help="Augmentation of every view: none, simclr (the released train_transform), shift (pad-4 crop), noise, "
+        "or auto: the data set's released run for one view (cifar10/stl10 with ucl, hucl: simclr; else none), "
+        "shift (images) or noise (vectors) for two or more."
+    ),
+]
+_PrecisionOption = Annotated[
+    str,
+    typer.Option(help="fp32, or bf16: the ResNet under autocast(bfloat16), the loss in float32 (--backend torch)."),
+]
+_WeightDecayOption = Annotated[
+    float, typer.Option(help="L2 weight decay added to the gradient, as torch.optim.Adam (the released UCL: 1e-6).")
 ]
 _DataPathOption = Annotated[Optional[Path], typer.Option(help="The .npz file for --data npz. \\[default: none]")]
 _ClassesOption = Annotated[int, typer.Option(help="synthetic: number of latent classes C.")]
@@ -64,8 +87,9 @@ _NoiseOption = Annotated[float, typer.Option(help="synthetic: noise standard dev
 _EncoderOption = Annotated[
     str,
     typer.Option(
-        help="Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also "
-        "resnet18, resnet50 (needs torchvision)."
+        help="Encoder: free (one trainable vector per sample), linear, mlp; with --backend torch also resnet18, "
+        "resnet50 (the released CIFAR ResNet and projection head) and resnet18-linear, resnet50-linear (a linear "
+        "head); the ResNets need torchvision."
     ),
 ]
 _HiddenOption = Annotated[int, typer.Option(help="mlp: hidden width.")]
@@ -195,12 +219,16 @@ def train_command(
     batch_size: _BatchSizeOption = 128,
     epochs: _EpochsOption = 100,
     lr: _LrOption = 1e-3,
+    weight_decay: _WeightDecayOption = 0.0,
     optimizer: _OptimizerOption = "adam",
     seed: _SeedOption = 0,
     dtype: _DtypeOption = "float32",
+    precision: _PrecisionOption = "fp32",
     device: _DeviceOption = None,
     backend: _BackendOption = "numpy",
     views: _ViewsOption = 1,
+    augment: _AugmentOption = "auto",
+    image_size: _ImageSizeOption = None,
     paper: _PaperOption = False,
     out: _OutOption = None,
     resume: _ResumeOption = None,
@@ -261,7 +289,7 @@ def _config(ctx: typer.Context, given: dict[str, Any], resume: Path | None) -> T
             if name in given and _source(ctx, name) != "COMMANDLINE":
                 given[name] = value
     data = given["data"]
-    if data.endswith(".npz") or (data not in DATASET_NAMES and Path(data).is_file()):
+    if data.endswith(".npz") or (data not in DATASETS and Path(data).is_file()):
         given["data"], given["data_path"] = "npz", data
     for name in ("data_dir", "data_path"):
         if given.get(name) is not None:

@@ -29,8 +29,10 @@ def _compute_dtype(xp: ModuleType, like: Array) -> Any:
     return xp.float64 if supports_float64(xp, device(like)) else xp.float32
 
 
-def _check_embeddings(embeddings: Array, name: str = "embeddings") -> Array:
-    """Validate an (N, d) real floating array without NaN/inf; return it in the compute dtype."""
+def _check_embeddings(embeddings: Array, name: str = "embeddings", *, values: bool = True) -> Array:
+    """Validate an (N, d) real floating array without NaN/inf; return it in the compute dtype.
+
+    values=False checks the shape and dtype only (the caller tests the values, with `_values_plausible`)."""
     xp = namespace(embeddings)
     if embeddings.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (N, d) array, got shape {tuple(embeddings.shape)}")
@@ -39,7 +41,7 @@ def _check_embeddings(embeddings: Array, name: str = "embeddings") -> Array:
     if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(embeddings.shape)}")
     # A NaN/inf makes its row sum non-finite: one cheap pass, the exact check only when that fails.
-    if concrete_bool(xp.all(xp.isfinite(xp.sum(embeddings, axis=1)))) is False:
+    if values and concrete_bool(xp.all(xp.isfinite(xp.sum(embeddings, axis=1)))) is False:
         if concrete_bool(xp.all(xp.isfinite(embeddings))) is False:
             raise ValueError(f"{name} contains NaN or infinite values")
     return xp.astype(embeddings, _compute_dtype(xp, embeddings), copy=False)
@@ -56,8 +58,12 @@ def _eager_num_classes(labels: Array, name: str) -> int:
         raise
 
 
-def _check_labels(labels: Array, num_rows: int, num_classes: int | None, name: str = "labels") -> tuple[Array, int]:
-    """Validate 1-D integer labels matching N rows; return them and the number of classes."""
+def _check_labels(
+    labels: Array, num_rows: int, num_classes: int | None, name: str = "labels", *, values: bool = True
+) -> tuple[Array, int]:
+    """Validate 1-D integer labels matching N rows; return them and the number of classes.
+
+    values=False skips the range test (the caller makes it, with `_values_plausible`)."""
     xp = namespace(labels)
     if labels.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of class indices, got shape {tuple(labels.shape)}")
@@ -69,9 +75,18 @@ def _check_labels(labels: Array, num_rows: int, num_classes: int | None, name: s
         num_classes = _eager_num_classes(labels, name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if concrete_bool(xp.all((labels >= 0) & (labels < num_classes))) is False:
+    if values and concrete_bool(xp.all((labels >= 0) & (labels < num_classes))) is False:
         raise ValueError(f"{name} must lie in [0, num_classes={num_classes})")
     return labels, num_classes
+
+
+def _values_plausible(data: Array, labels: Array, num_classes: int) -> bool:
+    """Whether every row sum is finite and every label in [0, num_classes): both in one read by the host (on a
+    GPU each read waits for the device). False calls for the checks above, which say what is wrong; True
+    under jax.jit, where nothing can be read."""
+    xp = namespace(data)
+    finite = xp.all(xp.isfinite(xp.sum(data, axis=1)))
+    return concrete_bool(finite & xp.all((labels >= 0) & (labels < num_classes))) is not False
 
 
 def _prepare(embeddings: Array, labels: Array, num_classes: int | None) -> tuple[Array, Array, int]:

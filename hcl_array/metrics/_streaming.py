@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from .._array_api import concrete_bool, device, namespace, supports_float64
-from ._common import _check_embeddings, _check_labels
+from ._common import _check_embeddings, _check_labels, _values_plausible
 from ._dimensional_collapse import _gram_rankme
 from ._merging import _add_probes, _merge
 from ._probe import ProbeState, _empty_probe, _probe_metrics, _row_probe
@@ -50,11 +50,14 @@ def _batch(state_means: Array, batch_embeddings: Array, batch_labels: Array) -> 
     """A validated batch in the state's dtype, or None for a batch with no rows."""
     if batch_embeddings.ndim == 2 and batch_embeddings.shape[0] == 0:
         return None
-    data = _check_embeddings(batch_embeddings, "batch_embeddings")
+    data = _check_embeddings(batch_embeddings, "batch_embeddings", values=False)
     num_classes, dim = state_means.shape
     if data.shape[1] != dim:
         raise ValueError(f"batch_embeddings have dimension {data.shape[1]}, the state was initialized with dim={dim}")
-    labels, _ = _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels")
+    labels, _ = _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels", values=False)
+    if not _values_plausible(data, labels, num_classes):  # the value checks, for the message of what is wrong
+        _check_embeddings(batch_embeddings, "batch_embeddings")
+        _check_labels(batch_labels, data.shape[0], num_classes, "batch_labels")
     return namespace(data).astype(data, state_means.dtype, copy=False), labels
 
 

@@ -1,14 +1,15 @@
 """The presets of `hcl reproduce`: which data, which encoder, which losses, and the paper's reference numbers.
 
-A preset is a shared `TrainConfig` (everything but the loss, beta and seed) and a list of settings (loss,
-beta). Every run of the grid is `TrainConfig(**preset.base, loss=..., beta=..., seed=k)`, trained by
+A preset is a shared `TrainConfig` (everything but the loss, beta and seed), options that differ by loss
+(`per_loss`), and a list of settings (loss, beta). Every run of the grid is
+`TrainConfig(**preset.base, **preset.per_loss[loss], loss=..., beta=..., seed=k)`, trained by
 `hcl_array.training.train` exactly as `hcl train` would train it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "check_requirements",
     "get_preset",
     "preset_fields",
+    "select_settings",
 ]
 
 
@@ -52,6 +54,7 @@ class Preset:
     moderate_betas: the betas of the "moderate range" (hard negatives without breaking HUCL).
     large_beta: the beta at which the paper reports HUCL breaking (None: the claim is not checked).
     default_jobs: worker processes when --jobs is not given (None: the CPU count).
+    per_loss: TrainConfig fields of the runs of one loss (e.g. the released UCL's Adam weight decay).
     """
 
     name: str
@@ -62,12 +65,13 @@ class Preset:
     large_beta: float | None
     needs_gpu: bool = False
     default_jobs: int | None = None
+    per_loss: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def config(
         self, setting: Setting, seed: int, *, epochs: int | None = None, data_dir: str | None = None
     ) -> TrainConfig:
         """The TrainConfig of one run (epochs and data_dir override the preset's when given)."""
-        fields = dict(self.base, loss=setting.loss, beta=setting.beta, seed=seed)
+        fields = dict(self.base, **self.per_loss.get(setting.loss, {}), loss=setting.loss, beta=setting.beta, seed=seed)
         if epochs is not None:
             fields["epochs"] = epochs
         if data_dir is not None:
@@ -80,7 +84,7 @@ class Preset:
         return wanted if wanted in self.settings else None
 
 
-_PAPER_GRID = (
+_PAPER_GRID = (  # the paper's table: the settings PAPER_REFERENCE has numbers for, less HSCL beta = 30
     Setting("scl"),
     Setting("hscl", 2.0),
     Setting("hscl", 5.0),
@@ -89,6 +93,9 @@ _PAPER_GRID = (
     Setting("hucl", 5.0),
     Setting("hucl", 30.0),
 )
+
+#: The betas of the released runs, of HSCL and of HUCL alike (the notebooks' `hard2.0` ... `hard30.0` files).
+_RELEASED_BETAS = (2.0, 5.0, 10.0, 30.0)
 
 PRESETS: dict[str, Preset] = {
     "digits": Preset(
@@ -128,9 +135,11 @@ PRESETS: dict[str, Preset] = {
     "cifar100": Preset(
         name="cifar100",
         description=(
-            "The paper's setting: CIFAR-100, ResNet-50 with the CIFAR stem, d = 99, two augmented views, the "
-            "released code's loss semantics (--paper: unit ball, tau 1, k = 256 sampled negatives), Adam 1e-3, "
-            "batch 512, PyTorch on a CUDA GPU"
+            "The released run (github.com/rjiang03/HCL, option by option: docs/reproducing.md): CIFAR-100, one "
+            "plain normalized view per image with label positives, the released ResNet-50 (CIFAR stem, "
+            "Linear-BN-ReLU-Linear head) to d = 99, the released loss (--paper: unit ball, tau 1, anchor among its "
+            "positives, k = 256 sampled negatives averaged; UCL's negatives every row), Adam 1e-3 (UCL: weight "
+            "decay 1e-6), batch 512, 400 epochs, PyTorch on a CUDA GPU"
         ),
         base={
             "data": "cifar100",
@@ -139,21 +148,32 @@ PRESETS: dict[str, Preset] = {
             "device": "cuda",
             "dim": 99,
             "batch_size": 512,
+            "optimizer": "adam",
             "lr": 1e-3,
+            "weight_decay": 0.0,
             "paper": True,
-            "views": 2,
-            "epochs": 200,
+            "views": 1,
+            "augment": "none",
+            "epochs": 400,
         },
-        settings=(*_PAPER_GRID[:4], Setting("hscl", 30.0), *_PAPER_GRID[4:]),
+        # the released notebooks' grid: main/SCL and main/UCL Visualization.ipynb load easy0.0, hard2.0 ... hard30.0
+        settings=(
+            Setting("scl"),
+            *(Setting("hscl", beta) for beta in _RELEASED_BETAS),
+            Setting("ucl"),
+            *(Setting("hucl", beta) for beta in _RELEASED_BETAS),
+        ),
         moderate_betas=(2.0, 5.0, 10.0),
         large_beta=30.0,
         needs_gpu=True,
         default_jobs=1,  # one GPU: concurrent ResNet-50 runs would only share it
+        per_loss={"ucl": {"weight_decay": 1e-6}, "hucl": {"weight_decay": 1e-6}},  # main/UCL/...:333
     ),
 }
 
 #: The paper's numbers (CIFAR-100, ResNet-50, d = 99, from its released notebooks; end of training), by
 #: setting name: mean-classifier test accuracy (%), equal inner product, significant class-mean directions.
+#: The paper's table has HUCL at beta = 5 and 30 only: the report shows HUCL at 2 and 10 as not reported.
 PAPER_REFERENCE: dict[str, dict[str, str]] = {
     "scl": {"test_acc": "10.4", "equal_inner_product": "about 0.23", "directions": "about 9"},
     "hscl-beta2": {"test_acc": "31.9", "equal_inner_product": "about 0.045", "directions": "about 45"},
@@ -177,6 +197,28 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def select_settings(preset: Preset, names: str | Sequence[str] | None) -> tuple[Setting, ...]:
+    """The settings of the preset's grid named in `names` (a comma-separated string or a sequence), in grid order.
+
+    None: the whole grid. Raises ValueError naming the valid names when a name is not in the grid, or when
+    none is given.
+    """
+    if names is None:
+        return preset.settings
+    wanted = [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]
+    wanted = [name for name in wanted if name]
+    valid = [setting.name for setting in preset.settings]
+    unknown = [name for name in wanted if name not in valid]
+    if unknown or not wanted:
+        problem = (
+            f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in"
+            if unknown
+            else "names no setting of"
+        )
+        raise ValueError(f"--settings: {problem} the {preset.name} grid; choose from {', '.join(valid)}")
+    return tuple(setting for setting in preset.settings if setting.name in wanted)
+
+
 def check_requirements(preset: Preset, data_dir: str | Path | None) -> None:
     """Fail before any training when the preset cannot run here: its data files, torchvision, a CUDA GPU.
 
@@ -196,12 +238,10 @@ def check_requirements(preset: Preset, data_dir: str | Path | None) -> None:
         _find_cifar_files(directory, _CIFAR_LAYOUTS[100 if data == "cifar100" else 10])
     if preset.needs_gpu:
         _check_cuda(preset)
-    if preset.base.get("encoder", "").startswith("resnet") and importlib.util.find_spec("torchvision") is None:
-        from ..backends import BackendUnavailable
+    if preset.base.get("encoder", "").startswith("resnet"):
+        from ..backends._torch_modules import torchvision_models
 
-        raise BackendUnavailable(
-            f"preset {preset.name} trains a ResNet, which needs torchvision: pip install torchvision"
-        )
+        torchvision_models(preset.base["encoder"])  # BackendUnavailable naming the fix when it does not load
 
 
 def _check_cuda(preset: Preset) -> None:

@@ -4,6 +4,9 @@ Final values are the last entries of each run's `history/<metric>` (what `hcl tr
 last epoch); the final class-mean spectrum is recomputed from the run's training embeddings. Each setting
 is summarized over its seeds (claims.summarize). report.md is rendered from the JSON report alone, so the
 tables in docs/reproducing.md can be regenerated from a saved report.json.
+
+A report covers the settings that were run (all of the grid, or those of `--settings`); `not_run` lists
+the others, and a claim that needs one of them is "not checked" (`checked` false, `holds` null, `missing`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from .runner import RunSpec
 
 __all__ = [
     "FINAL_METRICS",
+    "NOT_REPORTED",
     "SettingResult",
     "build_report",
+    "claim_verdict",
+    "claims_hold",
     "collect_results",
     "format_summary",
     "report_markdown",
@@ -47,6 +53,9 @@ FINAL_METRICS = (
     "loss",
 )
 _CONDITIONS = ("unit_norm", "zero_sum", "equal_inner_product", "within_class_variation")
+#: The paper's cells of a setting its table has no numbers for (PAPER_REFERENCE has no entry).
+NOT_REPORTED = "not reported"
+_PAPER_COLUMNS = ("test_acc", "equal_inner_product", "directions")
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ def build_report(
     """The report.json object: preset, shared configuration, per-setting summaries, claims and verdicts."""
     config = preset_fields(preset) | {"epochs": epochs, "data_dir": data_dir}
     first = results[0]
+    run = {result.setting.name for result in results}
     settings = [
         {
             "name": result.setting.name,
@@ -126,13 +136,42 @@ def build_report(
         "dim": first.dim,
         "config": config,
         "settings": settings,
+        "not_run": [setting.name for setting in preset.settings if setting.name not in run],
         "claims": [
-            {"id": claim.id, "statement": claim.statement, "holds": claim.holds, "evidence": claim.evidence}
+            {
+                "id": claim.id,
+                "statement": claim.statement,
+                "checked": claim.checked,
+                "holds": claim.holds,
+                "missing": list(claim.missing),
+                "evidence": claim.evidence,
+            }
             for claim in claims
         ],
         "versions": library_versions(),
     }
     return _json_safe(report)
+
+
+def claim_verdict(claim: Mapping[str, Any]) -> str:
+    """'holds', 'does not hold', or 'not checked' (holds null: a setting the claim compares was not run)."""
+    if claim["holds"] is None:
+        return "not checked"
+    return "holds" if claim["holds"] else "does not hold"
+
+
+def claims_hold(report: Mapping[str, Any]) -> bool:
+    """True when no checked claim fails: claims not checked (settings not run) neither pass nor fail."""
+    return all(claim["holds"] is not False for claim in report["claims"])
+
+
+def _claims_title(claims: Sequence[Mapping[str, Any]]) -> str:
+    """'5 of 6 claims hold', or '2 of 3 checked claims hold, 4 not checked' when settings were not run."""
+    checked = [claim for claim in claims if claim["holds"] is not None]
+    held = sum(bool(claim["holds"]) for claim in checked)
+    if len(checked) == len(claims):
+        return f"{held} of {len(claims)} claims hold"
+    return f"{held} of {len(checked)} checked claims hold, {len(claims) - len(checked)} not checked"
 
 
 def format_summary(summary: Mapping[str, Any] | None, scale: float = 1.0) -> str:
@@ -149,7 +188,7 @@ def _settings_table(report: Mapping[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for setting in report["settings"]:
-        final, paper = setting["final"], setting.get("paper") or {}
+        final, paper = setting["final"], setting.get("paper") or dict.fromkeys(_PAPER_COLUMNS, NOT_REPORTED)
         cells = [
             setting["label"],
             format_summary(final["test_mean_classifier_accuracy"], 100.0),
@@ -157,9 +196,7 @@ def _settings_table(report: Mapping[str, Any]) -> list[str]:
             format_summary(final["etf_distance"]),
             format_summary(final["zero_sum"]),
             format_summary(final["significant_directions"]),
-            paper.get("test_acc", "-"),
-            paper.get("equal_inner_product", "-"),
-            paper.get("directions", "-"),
+            *(paper.get(column, "-") for column in _PAPER_COLUMNS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -168,7 +205,9 @@ def _settings_table(report: Mapping[str, Any]) -> list[str]:
 def _claim_lines(report: Mapping[str, Any]) -> list[str]:
     lines = []
     for claim in report["claims"]:
-        verdict = "**holds**" if claim["holds"] else "**does not hold**"
+        verdict = f"**{claim_verdict(claim)}**"
+        if claim["holds"] is None:
+            verdict += f" (needs: {', '.join(claim['missing'])})"
         lines.append(f"- `{claim['id']}`: {verdict}. {claim['statement']}")
         lines += [f"    - {line}" for line in claim["evidence"]]
     return lines
@@ -182,14 +221,15 @@ def report_markdown(report: Mapping[str, Any], *, level: int = 1, figures: str |
     """
     title, section = "#" * level, "#" * (level + 1)
     seeds = len(report["settings"][0]["seeds"])
-    held = sum(claim["holds"] for claim in report["claims"])
+    not_run = report.get("not_run") or []  # absent from reports written before --settings
+    skipped = f" Not run (`--settings`): {', '.join(not_run)}." if not_run else ""
     lines = [
-        f"{title} `hcl reproduce {report['preset']}`: {held} of {len(report['claims'])} claims hold",
+        f"{title} `hcl reproduce {report['preset']}`: {_claims_title(report['claims'])}",
         "",
         f"{report['description']}. {seeds} seeds, {report['epochs']} epochs; "
         "each cell is the mean ± standard deviation over the seeds of the final epoch's value (geometry of the "
         "training embeddings; test accuracy of the mean classifier with the training class means). The paper's "
-        "columns are its CIFAR-100 numbers (ResNet-50, d = 99, end of training).",
+        f"columns are its CIFAR-100 numbers (ResNet-50, d = 99, end of training).{skipped}",
         "",
         f"{section} Final values",
         "",

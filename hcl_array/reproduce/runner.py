@@ -26,7 +26,7 @@ from typing import Any
 
 from ..checkpoint import load_checkpoint
 from ..training import RESUMABLE_CHANGES, TrainConfig, train
-from .presets import Preset
+from .presets import Preset, Setting
 
 __all__ = [
     "RunOutcome",
@@ -69,16 +69,25 @@ class RunOutcome:
 
 
 def plan_runs(
-    preset: Preset, out: str | Path, seeds: int, *, epochs: int | None = None, data_dir: str | None = None
+    preset: Preset,
+    out: str | Path,
+    seeds: int,
+    *,
+    epochs: int | None = None,
+    data_dir: str | None = None,
+    settings: Sequence[Setting] | None = None,
 ) -> list[RunSpec]:
-    """Every (setting, seed) of the preset, seeds 0..seeds-1, in the preset's order, seed-major within a setting."""
+    """Every (setting, seed), seeds 0..seeds-1, in the given order, seed-major within a setting.
+
+    settings: a subset of the preset's grid (presets.select_settings); None: the whole grid.
+    """
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     runs = Path(out) / "runs"
     specs = []
-    for setting in preset.settings:
+    for setting in preset.settings if settings is None else settings:
         for seed in range(seeds):
             config = preset.config(setting, seed, epochs=epochs, data_dir=data_dir)
             config.validate()
