@@ -45,9 +45,10 @@ from hcl_array.tiled import block_rows
 
 __all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "segment", "tree_draw_columns"]
 
-#: The precision of the kernel's three products per block, in one place: full float32 on every device
-#: (a GPU's default may be TF32, whose 10-bit mantissa is coarser than the similarities need).
-MATMUL_PRECISION = jax.lax.Precision.HIGHEST
+#: The precision of the kernel's three products per block: None, the precision in effect when they are
+#: traced, which is `_array_api.full_precision`'s (the one place for that choice; dispatch enters it around
+#: the kernel): full float32 instead of a GPU's TF32 default, or the precision the user chose.
+MATMUL_PRECISION = None
 
 
 def _rows_by_columns(rows: jax.Array, columns: jax.Array) -> jax.Array:
