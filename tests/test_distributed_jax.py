@@ -191,9 +191,12 @@ def mapped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def single_process(loss_name: str, options: dict[str, Any], layout: str) -> tuple[float, np.ndarray]:
-    """The loss of the whole batch in one NumPy process and its analytic gradient."""
+    """The loss of the whole batch in one NumPy process on the dense path (the array-API code, which
+    tests/test_paths.py holds to the naive float64 loops) and its analytic gradient: an independent
+    reference for the kernel the devices run."""
     z, ids = global_batch(layout)
-    value, grad = getattr(hcl, loss_name)(z, ids, return_grad=True, **options)
+    dense = {**options, "kernel": "array_api", "tile": None}
+    value, grad = getattr(hcl, loss_name)(z, ids, return_grad=True, **dense)
     return float(value), grad
 
 
@@ -211,11 +214,11 @@ def test_shard_mapped_value_and_grad_equal_one_device(mapped: dict[str, Any], na
 
 
 def test_given_uniforms_draw_what_one_process_draws(mapped: dict[str, Any]) -> None:
-    """Path: distributed through the fused kernel, the uniforms given and replicated."""
+    """Path: distributed through the fused kernel, the uniforms given and replicated, against NumPy's dense path."""
     assert mapped["uniforms"]["kernel"]
     z, ids = global_batch("rows")
     uniforms = np.random.default_rng(2).random((z.shape[0], 6))
-    value, grad = hcl.hscl(z, ids, negatives="sampled", k=6, uniforms=uniforms, return_grad=True)
+    value, grad = hcl.hscl(z, ids, negatives="sampled", k=6, uniforms=uniforms, return_grad=True, kernel="array_api")
     assert mapped["uniforms"]["value"] == pytest.approx(float(value), rel=1e-10)
     np.testing.assert_allclose(np.array(mapped["uniforms"]["grad"]), grad, atol=1e-10)
 
