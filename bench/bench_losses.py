@@ -329,6 +329,35 @@ def _reps(args: argparse.Namespace, n: int) -> int:
     return args.reps * 10 if n <= 2048 else args.reps
 
 
+def _interleaved_steps(args: argparse.Namespace, spec: dict, steps: dict, reps: int) -> tuple[list[dict], dict]:
+    """The steps timed interleaved in each of args.processes processes (their per-process medians), and
+    each step's memory alone in its own process (a peak resident size cannot be reset), with the median
+    time over processes beside it: None where a run failed."""
+    timings = [
+        timing
+        for _ in range(args.processes)
+        if (timing := run_raw({**spec, "reps": reps, "steps": steps}, args.timeout))
+    ]
+    for timing in timings:
+        print(
+            f"  {spec['backend']} interleaved N={spec['n']}: "
+            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    memory = {
+        name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel, "device": "cpu", "reps": 1}, args.timeout)
+        for name, (kind, tile, kernel) in steps.items()
+    }
+    timed = {
+        name: None
+        if not timings or memory[name] is None
+        else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
+        for name in steps
+    }
+    return timings, timed
+
+
 def peers_section(args: argparse.Namespace) -> list[str]:
     lines = [
         "### Issue 2: hscl vs cross-entropy and SupConLoss (torch CPU, d = 128, forward + backward)",
@@ -360,28 +389,7 @@ def peers_section(args: argparse.Namespace) -> list[str]:
             "supcon": ("supcon", None, True),
             **{label: (kind, "auto", kernel) for label, (kind, kernel) in paths.items()},
         }
-        timings = [
-            timing
-            for _ in range(args.processes)
-            if (timing := run_raw({"n": n, "reps": 3 * _reps(args, n), "steps": steps}, args.timeout))
-        ]
-        for timing in timings:
-            print(
-                f"  torch interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
-                file=sys.stderr,
-                flush=True,
-            )
-        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": 1}
-        memory = {
-            name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel}, args.timeout)
-            for name, (kind, tile, kernel) in steps.items()
-        }
-        timed = {
-            name: None
-            if not timings or memory[name] is None
-            else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
-            for name in steps
-        }
+        timings, timed = _interleaved_steps(args, {"backend": "torch", "n": n}, steps, 3 * _reps(args, n))
         ce, supcon = timed["ce"], timed["supcon"]
         for label in paths:
             hscl = timed[label]
@@ -424,29 +432,8 @@ def jax_section(args: argparse.Namespace) -> list[str]:
             "ce": ("ce", "auto", True),
             **{label: (kind, "auto", kernel) for label, (kind, kernel) in labelled.items()},
         }
-        spec = {"backend": "jax", "n": n, "beta": JAX_BETA}
         reps = 3 * _reps(args, n) if n <= 2048 else args.reps
-        timings = [
-            timing
-            for _ in range(args.processes)
-            if (timing := run_raw({**spec, "reps": reps, "steps": steps}, args.timeout))
-        ]
-        for timing in timings:
-            print(
-                f"  jax interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
-                file=sys.stderr,
-                flush=True,
-            )
-        memory = {
-            name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel, "device": "cpu", "reps": 1}, args.timeout)
-            for name, (kind, tile, kernel) in steps.items()
-        }
-        timed = {
-            name: None
-            if not timings or memory[name] is None
-            else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
-            for name in steps
-        }
+        timings, timed = _interleaved_steps(args, {"backend": "jax", "n": n, "beta": JAX_BETA}, steps, reps)
         for label in labelled:
             record, ce = timed[label], timed["ce"]
             lines.append(
@@ -516,8 +503,8 @@ def gpu_backends() -> list[tuple[str, str]]:
     return found
 
 
-#: (label, backend, kernel) rows of the GPU section: each library's default path (the fused kernel on torch and
-#: CuPy, the tiled array-API code on JAX), and torch's tiled array-API path at the smallest size for comparison
+#: (label, backend, kernel) rows of the GPU section: each library's default path (the fused kernel on torch,
+#: CuPy and JAX), and torch's tiled array-API path at the smallest size for comparison
 GPU_ROWS = (
     ("torch", "torch", True),
     ("cupy", "cupy", True),
