@@ -47,6 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, TAU, BETA, CLASSES = 128, 1.0, 1.0, 100
+JAX_BETA = 5.0  # the jax section's tilt (issue 24's measurement)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,7 +62,9 @@ def _rss_kib() -> int:
     return 0
 
 
-def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: str, kernel: bool = True):
+def _make_step(
+    kind: str, backend: str, n: int, tile: int | str | None, device: str, kernel: bool = True, beta: float = BETA
+):
     """A zero-argument function running one forward + backward, and a function that waits for it."""
     import numpy as np
 
@@ -108,7 +111,7 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
                 hcl.losses.USE_FUSED_KERNEL = kernel  # False: autograd through the array-API code
                 try:
                     z = z0.clone().requires_grad_()
-                    hcl.hscl(z, labels, beta=BETA, tile=tile, **options).backward()
+                    hcl.hscl(z, labels, beta=beta, tile=tile, **options).backward()
                 finally:
                     hcl.losses.USE_FUSED_KERNEL = True
 
@@ -125,8 +128,26 @@ def _make_step(kind: str, backend: str, n: int, tile: int | str | None, device: 
         if kind == "matmul":
             products = jax.jit(lambda z: _scanned_products(z, tile))
             return (lambda: jax.block_until_ready(products(z0))), sync
-        grad = jax.jit(jax.value_and_grad(lambda z: hcl.hscl(z, labels, beta=BETA, temperature=TAU, tile=tile)))
-        return (lambda: jax.block_until_ready(grad(z0))), sync
+        if kind == "ce":
+            import optax
+
+            targets = jnp.arange(n)
+
+            def cross_entropy(z, labels, uniforms):
+                return optax.softmax_cross_entropy_with_integer_labels(z @ z.T / TAU, targets).mean()
+
+            loss = cross_entropy
+        else:
+            # "paper": PAPER_PRESET with the (N, k) uniforms given, as a jitted training step passes them
+            options = {**hcl.PAPER_PRESET} if kind == "paper" else {"temperature": TAU}
+            options["kernel"] = "auto" if kernel else "array_api"
+
+            def loss(z, labels, uniforms):
+                return hcl.hscl(z, labels, beta=beta, tile=tile, uniforms=uniforms, **options)
+
+        uniforms = jnp.asarray(rng.random((n, hcl.PAPER_PRESET["k"]), dtype=np.float32)) if kind == "paper" else None
+        grad = jax.jit(jax.value_and_grad(loss))  # labels an argument, as in a training step (not folded in)
+        return (lambda: jax.block_until_ready(grad(z0, labels, uniforms))), sync
 
     if backend in ("numpy", "cupy"):
         import hcl_array as hcl
@@ -188,10 +209,15 @@ def _peak_device_bytes(backend: str, device: str) -> int | None:
 
 
 def interleaved_worker(spec: dict) -> dict:
-    """Median seconds of several torch CPU steps timed in one process, in rotating round-robin order, so
-    that the baseline and the loss share the allocator, caches and machine load of the same moments."""
+    """Median seconds of several CPU steps (torch, or JAX with "backend": "jax") timed in one process, in
+    rotating round-robin order, so that the baseline and the loss share the allocator, caches and machine
+    load of the same moments; also each step's median CPU seconds of the process (all its threads), as
+    "<name> cpu", which other processes' load disturbs less than the wall clock."""
+    backend = spec.get("backend", "torch")
+    if backend == "jax":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     steps = {
-        name: _make_step(kind, "torch", spec["n"], tile, "cpu", kernel)[0]
+        name: _make_step(kind, backend, spec["n"], tile, "cpu", kernel, spec.get("beta", BETA))[0]
         for name, (kind, tile, kernel) in spec["steps"].items()
     }
     for step in steps.values():  # warm-up: allocator, thread pool, imports
@@ -199,19 +225,22 @@ def interleaved_worker(spec: dict) -> dict:
         step()
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(spec["reps"]):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            cpu_times[name].append(time.process_time() - cpu_start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {**medians, **{f"{name} cpu": statistics.median(values) for name, values in cpu_times.items()}}
 
 
 def worker(spec: dict) -> dict:
     kind, backend, n, tile, device, reps = (spec[key] for key in ("kind", "backend", "n", "tile", "device", "reps"))
     if backend == "jax":
         os.environ.setdefault("JAX_PLATFORMS", "cpu" if device == "cpu" else "")
-    step, sync = _make_step(kind, backend, n, tile, device, spec.get("kernel", True))
+    step, sync = _make_step(kind, backend, n, tile, device, spec.get("kernel", True), spec.get("beta", BETA))
     if backend == "torch" and device.startswith("cuda"):
         import torch
 
@@ -300,6 +329,35 @@ def _reps(args: argparse.Namespace, n: int) -> int:
     return args.reps * 10 if n <= 2048 else args.reps
 
 
+def _interleaved_steps(args: argparse.Namespace, spec: dict, steps: dict, reps: int) -> tuple[list[dict], dict]:
+    """The steps timed interleaved in each of args.processes processes (their per-process medians), and
+    each step's memory alone in its own process (a peak resident size cannot be reset), with the median
+    time over processes beside it: None where a run failed."""
+    timings = [
+        timing
+        for _ in range(args.processes)
+        if (timing := run_raw({**spec, "reps": reps, "steps": steps}, args.timeout))
+    ]
+    for timing in timings:
+        print(
+            f"  {spec['backend']} interleaved N={spec['n']}: "
+            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    memory = {
+        name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel, "device": "cpu", "reps": 1}, args.timeout)
+        for name, (kind, tile, kernel) in steps.items()
+    }
+    timed = {
+        name: None
+        if not timings or memory[name] is None
+        else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
+        for name in steps
+    }
+    return timings, timed
+
+
 def peers_section(args: argparse.Namespace) -> list[str]:
     lines = [
         "### Issue 2: hscl vs cross-entropy and SupConLoss (torch CPU, d = 128, forward + backward)",
@@ -331,28 +389,7 @@ def peers_section(args: argparse.Namespace) -> list[str]:
             "supcon": ("supcon", None, True),
             **{label: (kind, "auto", kernel) for label, (kind, kernel) in paths.items()},
         }
-        timings = [
-            timing
-            for _ in range(args.processes)
-            if (timing := run_raw({"n": n, "reps": 3 * _reps(args, n), "steps": steps}, args.timeout))
-        ]
-        for timing in timings:
-            print(
-                f"  torch interleaved N={n}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in timing.items()),
-                file=sys.stderr,
-                flush=True,
-            )
-        spec = {"backend": "torch", "n": n, "device": "cpu", "reps": 1}
-        memory = {
-            name: run({**spec, "kind": kind, "tile": tile, "kernel": kernel}, args.timeout)
-            for name, (kind, tile, kernel) in steps.items()
-        }
-        timed = {
-            name: None
-            if not timings or memory[name] is None
-            else {**memory[name], "seconds": statistics.median(timing[name] for timing in timings)}
-            for name in steps
-        }
+        timings, timed = _interleaved_steps(args, {"backend": "torch", "n": n}, steps, 3 * _reps(args, n))
         ce, supcon = timed["ce"], timed["supcon"]
         for label in paths:
             hscl = timed[label]
@@ -366,14 +403,55 @@ def peers_section(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def jax_section(args: argparse.Namespace) -> list[str]:
+    """hscl under jit(value_and_grad) on JAX (CPU, float32, beta = 5) against optax's cross-entropy."""
+    lines = [
+        f"### JAX: hscl vs optax cross-entropy (CPU, float32, d = {DIM}, {CLASSES} classes, beta = {JAX_BETA:g})",
+        "",
+        "Each step is `jax.jit(jax.value_and_grad(loss))(z, uniforms)`. The baseline is",
+        "`optax.softmax_cross_entropy_with_integer_labels(z @ z.T, arange(N)).mean()`. `expected` is",
+        "`hcl.hscl(z, labels, beta=5)` as users call it. `sampled` is the same with `**PAPER_PRESET`",
+        "(k = 256 negatives drawn per anchor) and the (N, k) uniforms given as an argument of the jitted step.",
+        '`array-API code` passes `kernel="array_api"`. Times: the steps run interleaved in one process, repeated in',
+        f"{args.processes} processes; a ratio is the median of the per-process ratios, with their range in",
+        "brackets; `CPU time / CE` compares the CPU seconds of the process (all its threads), which other",
+        "processes' load disturbs less than the wall clock on a shared machine. Memory: each step alone in its",
+        "own process (growth of the peak resident size, compilation included).",
+        "",
+        "| N | step | time | CE time | time / CE | CPU time / CE | mem | CE mem | mem / CE |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    labelled = {
+        "expected": ("hscl", True),
+        "expected, array-API code": ("hscl", False),
+        "sampled": ("paper", True),
+        "sampled, array-API code": ("paper", False),
+    }
+    for n in args.jax_sizes:
+        steps = {
+            "ce": ("ce", "auto", True),
+            **{label: (kind, "auto", kernel) for label, (kind, kernel) in labelled.items()},
+        }
+        reps = 3 * _reps(args, n) if n <= 2048 else args.reps
+        timings, timed = _interleaved_steps(args, {"backend": "jax", "n": n, "beta": JAX_BETA}, steps, reps)
+        for label in labelled:
+            record, ce = timed[label], timed["ce"]
+            lines.append(
+                f"| {n} | {label} | {_fmt_time(record)} | {_fmt_time(ce)} | {_ratio_spread(timings, label, 'ce')} | "
+                f"{_ratio_spread(timings, f'{label} cpu', 'ce cpu')} | "
+                f"{_fmt_mem(record)} | {_fmt_mem(ce)} | {_ratio(record, ce, 'peak_bytes')} |"
+            )
+    return lines
+
+
 def scaling_section(args: argparse.Namespace) -> list[str]:
     from hcl_array.tiled import auto_tile
 
     lines = [
         "### Scaling: hscl forward + backward, d = 128, dense and tiled, vs the matrix products alone",
         "",
-        "Torch and NumPy rows run the fused kernel (`dense`: one block of N rows), JAX rows the array-API",
-        "code. The products are z_b z^T, G z and G^T z_b per block of the same size.",
+        "Torch, NumPy and JAX rows run the fused kernel (`dense`: one block of N rows). The products are",
+        "z_b z^T, G z and G^T z_b per block of the same size.",
         "",
         "| backend | N | path | tile | time | memory | time / products | products time | products mem | "
         "time / SupCon | mem / SupCon |",
@@ -425,8 +503,8 @@ def gpu_backends() -> list[tuple[str, str]]:
     return found
 
 
-#: (label, backend, kernel) rows of the GPU section: each library's default path (the fused kernel on torch and
-#: CuPy, the tiled array-API code on JAX), and torch's tiled array-API path at the smallest size for comparison
+#: (label, backend, kernel) rows of the GPU section: each library's default path (the fused kernel on torch,
+#: CuPy and JAX), and torch's tiled array-API path at the smallest size for comparison
 GPU_ROWS = (
     ("torch", "torch", True),
     ("cupy", "cupy", True),
@@ -502,11 +580,12 @@ def write(tables: list[str], command: str, out: str, marker: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--section", default="peers,scaling,gpu", help="comma-separated: peers, scaling, gpu")
+    parser.add_argument("--section", default="peers,jax,scaling,gpu", help="comma-separated: peers, jax, scaling, gpu")
     parser.add_argument("--sizes", default=None, help="scaling sizes (default: 1024 doubling to --max-n)")
     parser.add_argument("--max-n", type=int, default=8192, help="largest scaling size (65536 for the full run)")
     parser.add_argument("--max-dense", type=int, default=8192, help="largest N for the dense path (memory)")
     parser.add_argument("--peer-sizes", default="512,2048,8192")
+    parser.add_argument("--jax-sizes", default="512,2048,8192", help="jax section: batch sizes")
     parser.add_argument("--gpu-sizes", default="65536,262144", help="GPU section: N per backend (1M: ~1 min a run)")
     parser.add_argument("--gpu-budget", type=float, default=240.0, help="GPU section: seconds before it stops starting")
     parser.add_argument("--backends", default="torch,jax,numpy")
@@ -531,12 +610,13 @@ def main() -> None:
     args.kinds = args.kinds.split(",")
     args.peer_sizes = [int(n) for n in args.peer_sizes.split(",")]
     args.gpu_sizes = [int(n) for n in args.gpu_sizes.split(",")]
+    args.jax_sizes = [int(n) for n in args.jax_sizes.split(",")]
     args.sizes = (
         [int(n) for n in args.sizes.split(",")]
         if args.sizes
         else [1024 * 2**i for i in range(20) if 1024 * 2**i <= args.max_n]
     )
-    sections = {"peers": peers_section, "scaling": scaling_section, "gpu": gpu_section}
+    sections = {"peers": peers_section, "jax": jax_section, "scaling": scaling_section, "gpu": gpu_section}
     tables: list[str] = []
     for name in args.section.split(","):
         print(f"section {name}", file=sys.stderr)

@@ -28,6 +28,7 @@ __all__ = [
     "stop_gradient",
     "concrete_bool",
     "one_hot",
+    "searchsorted_rows",
     "full_precision",
 ]
 
@@ -139,6 +140,44 @@ def one_hot(labels: Array, num_classes: int, /, *, dtype: Any) -> Array:
         labels = xp.astype(labels, xp.int64)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
     return xp.astype(labels[:, None] == classes[None, :], dtype)
+
+
+def searchsorted_rows(sorted_rows: Array, values: Array, /, *, side: str = "left") -> Array:
+    """searchsorted row by row: out[i, j] = #{m : sorted_rows[i, m] < values[i, j]} ("left"; "right": <=).
+
+    The standard's searchsorted takes one 1-D array. torch's takes rows (one call), JAX's is mapped over
+    them (`jax.vmap`), NumPy's runs once per row (a C search per value, cheaper than whole-array passes);
+    any other namespace gets a branch-free binary search over every row at once: bit_length(M) passes of
+    a gather (`take_along_axis`), a comparison and an add. All are exact in any dtype (no row offsets
+    that would cost the values their resolution) and JAX's runs under jax.jit.
+    (rows, M) `sorted_rows`, each row ascending; (rows, K) `values`.
+    """
+    if is_torch_array(sorted_rows):
+        return sys.modules["torch"].searchsorted(sorted_rows.contiguous(), values.contiguous(), side=side)
+    if is_jax_array(sorted_rows):
+        jax = sys.modules["jax"]
+        return jax.vmap(lambda row, row_values: jax.numpy.searchsorted(row, row_values, side=side))(sorted_rows, values)
+    if array_api_compat.is_numpy_array(sorted_rows):
+        import numpy as np  # a core dependency, not a framework
+
+        return np.stack([np.searchsorted(row, v, side=side) for row, v in zip(sorted_rows, values, strict=True)])
+    return _binary_search_rows(sorted_rows, values, side)
+
+
+def _binary_search_rows(sorted_rows: Array, values: Array, side: str) -> Array:
+    """`searchsorted_rows` in the standard alone."""
+    xp = array_namespace(sorted_rows, values)
+    columns = sorted_rows.shape[-1]
+    found = xp.zeros(values.shape, dtype=xp.arange(1).dtype, device=device(values))  # the default index dtype
+    step = 1 << (columns.bit_length() - 1) if columns else 0  # the largest power of two <= M
+    while step:
+        # invariant: the first `found` entries of the row are below the value; try `step` more
+        probe = found + (step - 1)
+        entries = xp.take_along_axis(sorted_rows, xp.minimum(probe, columns - 1), axis=-1)
+        below = entries < values if side == "left" else entries <= values
+        found = found + xp.astype(below & (probe < columns), found.dtype) * step
+        step //= 2
+    return found
 
 
 def is_array(x: Any) -> bool:

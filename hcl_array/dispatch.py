@@ -2,8 +2,9 @@
 
 Three paths compute the same numbers (tests hold each to the others at 1e-10 in float64):
 
-    fused    value and gradient in one in-place pass over cache-sized blocks (`fused.py`): the
-             common configurations on NumPy, CuPy and torch; the fastest, memory linear in N
+    fused    value and gradient in one pass over cache-sized blocks (`fused.py`; JAX:
+             `backends/_jax_fused.py`): the common configurations on NumPy, CuPy, torch and JAX; the
+             fastest, memory linear in N
     tiled    the array-API formulas on blocks of anchor rows (`tiled.py`): memory O(tile * N)
     dense    the array-API formulas on the whole (N, N) matrix (`dense.py`): every configuration,
              every namespace, and double backward / forward mode through autodiff
@@ -104,7 +105,7 @@ def implementation(path: str, family: str) -> Implementation | None:
 def _fused_refusal(config: LossConfig, family: str, n: int) -> str | None:
     """Why the fused kernel cannot take this call, or None when it can."""
     if implementation("fused", family) is None:
-        return f"the kernel serves NumPy, CuPy and torch arrays, not {family}"
+        return f"the kernel serves NumPy, CuPy, torch and JAX arrays, not {family}"
     return "the batch is empty" if n == 0 else fused.supports(config)
 
 

@@ -286,11 +286,13 @@ def _divisor_share(pair_counts: Array, reduction: str) -> Array:
     return xp.sum(pair_counts if reduction == "mean" else xp.astype(pair_counts > 0, pair_counts.dtype))
 
 
-def _row_block_pass(batch: _Global, config: LossConfig, uniforms: Array, scan: Scan) -> _LocalPass:
-    """The array-API row blocks on this rank's anchors (`tiled.block_step`)."""
+def _row_block_pass(
+    batch: _Global, config: LossConfig, uniforms: Array, scan: Scan, segment: Callable[..., tuple]
+) -> _LocalPass:
+    """This rank's anchors through `segment` (`_segment`: the array-API row blocks of `tiled.block_step`)."""
     xp = aa.namespace(batch.rows)
     u = normalize_embeddings(batch.rows, config.normalize)
-    parts = [_segment(u, batch.ids, uniforms, start, count, config, scan) for start, count in batch.segments()]
+    parts = [segment(u, batch.ids, uniforms, start, count, config, scan) for start, count in batch.segments()]
     if not parts:  # a rank with no samples still takes part in every collective
         zero = xp.sum(u[:0, 0])
         return _LocalPass(zero, zero, xp.zeros_like(u), lambda summed, scale: summed * scale)
@@ -324,6 +326,7 @@ def value_and_grad(
     need_grad: bool = True,
     scan: Scan = tiled.scan_blocks,
     ops: Any = None,
+    segment: Callable[..., tuple] | None = None,
 ) -> tuple[Array, Array | None]:
     """The loss of the global batch and dL/d(this rank's embeddings), in the embeddings' layout.
 
@@ -333,12 +336,14 @@ def value_and_grad(
     U(0, 1) draws of sampled negatives. The gradient is None when no rank needs it (no reduce-scatter).
     ops: the fused kernel's operations for these arrays (`fused.NumpyOps`, `TorchOps`): this rank's anchors
     then run through the kernel, which must support `config` (`fused.supports`); None: the row blocks.
+    segment: a backend's kernel for one run of anchors in the row-block pass, with `_segment`'s signature
+    and results (JAX: its fused kernel); None: `_segment`.
     """
     xp = aa.namespace(embeddings)
     batch = _gather_batch(embeddings, ids, config, comm, int(need_grad))
     uniforms = _uniforms(batch, config, draw)
     if ops is None:
-        local = _row_block_pass(batch, config, uniforms, scan)
+        local = _row_block_pass(batch, config, uniforms, scan, segment or _segment)
     else:
         local = _kernel_pass(batch, config, uniforms, ops)
         if local is None:  # every rank alike: no anchor of the global batch has a positive and a candidate

@@ -3,7 +3,7 @@
 It covers the losses most runs use (scl, hscl, ucl, hucl, supcon, ntxent: uniform or exponential
 weights, expected or sampled negatives, a scalar reduction) on NumPy, CuPy and torch, and computes exactly the
 array-API code's formulas (`hcl_array.losses`, which runs everything, on every backend, and is what
-the tests hold this kernel to). JAX keeps the array-API code: XLA fuses it already.
+the tests hold this kernel to). JAX has its own form of it (`backends/_jax_fused.py`: no in-place buffers there).
 
 Why a second implementation exists (measured: docs/performance.md):
 

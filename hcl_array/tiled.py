@@ -26,8 +26,8 @@ unchanged, and the memory bound is the same O(tile * N).
 
 Torch and JAX register this gradient as their custom one (`backends/_torch_autograd.py`,
 `backends/_jax_vjp.py`) in the dispatch table; NumPy and CuPy call `value_and_grad` directly
-(`return_grad=True`). NumPy, CuPy and torch inputs of the common configurations take the fused
-kernel instead (`hcl_array.fused`), which follows the same plan in place.
+(`return_grad=True`). NumPy, CuPy, torch and JAX inputs of the common configurations take the fused
+kernel instead (`hcl_array.fused`, `backends/_jax_fused.py`), which follows the same plan.
 """
 
 from __future__ import annotations

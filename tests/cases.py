@@ -5,13 +5,14 @@ A path is forced with the per-call options `kernel=` and `tile=` (docs/architect
 
     dense   kernel="array_api", tile=None      every configuration, every namespace
     tiled   kernel="array_api", tile=<int>     expected negatives with a row-wise hardening function
-    fused   kernel="fused", tile=<int>|None    NumPy, torch, CuPy; uniform or exponential weights,
+    fused   kernel="fused", tile=<int>|None    NumPy, torch, CuPy, JAX; uniform or exponential weights,
                                                the infonce and supcon forms, a scalar reduction
 
 Gradients come from each backend's own machinery, so that agreement is a check, not an identity:
 NumPy, array-api-strict and CuPy from `return_grad` (the analytic VJP), torch from autograd (through
 the array-API code on the dense path, through the registered Function on the tiled and fused paths),
-JAX from jax.grad (through the array-API code on the dense path, the custom VJP on the tiled path).
+JAX from jax.grad (through the array-API code on the dense path, the custom VJPs on the tiled and fused
+paths).
 """
 
 from __future__ import annotations
@@ -106,13 +107,14 @@ PATHS: dict[str, tuple[str, str, bool]] = {
 SERVES = {
     "dense": ("numpy", "array_api_strict", "torch", "jax", "cupy"),
     "tiled": ("numpy", "array_api_strict", "torch", "jax", "cupy"),
-    "fused": ("numpy", "torch", "cupy"),
+    "fused": ("numpy", "torch", "cupy", "jax"),
 }
 #: The module whose implementation computes a (path, backend); the array-API code where none is registered.
 IMPLEMENTED_IN = {
     ("fused", "numpy"): "hcl_array.fused",
     ("fused", "torch"): "hcl_array.backends._torch_fused",
     ("fused", "cupy"): "hcl_array.backends._cupy_kernels",
+    ("fused", "jax"): "hcl_array.backends._jax_fused",
     ("tiled", "torch"): "hcl_array.backends._torch_autograd",
     ("tiled", "jax"): "hcl_array.backends._jax_vjp",
 }

@@ -1,9 +1,9 @@
 """One seeded batch through every installed backend on the default path (kernel="auto", tile="auto"):
 the same values and gradients as NumPy (float64, 1e-10), and the path docs/architecture.md promises.
 
-On the default path NumPy, CuPy and torch take the fused kernel where it computes the loss (expected
-negatives, not debiased) and the dense array-API code otherwise; array-api-strict and JAX always take
-the dense code (48 rows are below the tiled threshold). Gradients: NumPy, array-api-strict and CuPy by
+On the default path NumPy, CuPy, torch and JAX take the fused kernel where it computes the loss (not
+the debiased form) and the dense array-API code otherwise; array-api-strict always takes the dense code
+(48 rows are below the tiled threshold). Gradients: NumPy, array-api-strict and CuPy by
 return_grad, torch by autograd (through the kernel's FusedLoss Function where the kernel runs: the
 kernel's own gradient, which tests/test_paths.py holds to autograd through the dense code), JAX by
 jax.grad under jit. tests/test_paths.py forces each path; this file checks what users get by default.
@@ -27,7 +27,7 @@ def _default_path(backend: str, name: str) -> str:
 @pytest.mark.parametrize("name", cases.NAMES)
 @pytest.mark.parametrize("negatives", ["expected", "sampled"])
 def test_backends_agree_with_numpy_on_the_default_path(backend, name, negatives, monkeypatch):
-    """Path: the default one for the backend (fused on NumPy/torch/CuPy where it serves, else dense)."""
+    """Path: the default one for the backend (fused on NumPy/torch/CuPy/JAX where it serves, else dense)."""
     cases.namespace(backend)
     z, ids = cases.batch(48, seed=2311_05139, d=16, classes=6)
     options = cases.loss_options(name, {})

@@ -1,5 +1,8 @@
 """axis_name= over a JAX mesh of 4 host devices: the shard_map'ed loss and its jax.grad against one process.
 
+Each device's anchors go through the fused kernel (`backends/_jax_fused.segment`) for the configurations it
+serves, else through the array-API blocks of `distributed.py`; each case records which one ran.
+
 JAX fixes its device count when it starts, so one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=4)
 computes every case of the table under jax.jit and returns the numbers; the tests hold them
 to the single-process loss on NumPy (the analytic gradient, return_grad=True) at 1e-10 in float64.
@@ -23,10 +26,24 @@ from hcl_array.training import TrainConfig, train
 from tests.distributed_cases import CASES, error_messages, global_batch
 
 DEVICES = 4
-#: the torch tests run every case; here each costs an XLA compilation, so the cases that reach every part of
-#: the JAX plumbing: views and rows, several row blocks (lax.scan), weights with a gradient, the supcon form,
-#: anchor_mean, and sampled negatives from a seed (the debiased form and the paper preset run on torch)
-JAX_CASES = ["ntxent_tile1", "hucl_undetached", "hscl_anchor_mean", "supcon", "sampled_rng"]
+#: the torch tests run every case; here each costs an XLA compilation. Through the fused kernel
+#: (`_jax_fused.segment`), every loss it serves and its options: views and rows, several row blocks,
+#: weights with a gradient, the supcon form, anchor_mean, include_self, negative_reduction="mean", k,
+#: sampled negatives from a seed and the paper preset.
+KERNEL_CASES = [
+    "ntxent_tile1",
+    "hucl_undetached",
+    "hscl_anchor_mean",
+    "supcon",
+    "sampled_rng",
+    "paper_preset",
+    "self_all_mean",
+    "scl",
+]
+#: Through the array-API blocks of `distributed.py`: a hardening the kernel does not serve, and a kernel
+#: case with kernel="array_api" (the debiased form runs on torch)
+ARRAY_API_CASES = ["hscl_topk", "ntxent_tile1:array_api"]
+JAX_CASES = KERNEL_CASES + ARRAY_API_CASES
 
 
 def _mapped(mesh: Any, loss: Any, layout: str) -> Any:
@@ -39,20 +56,43 @@ def _mapped(mesh: Any, loss: Any, layout: str) -> Any:
     return jax.shard_map(loss, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec())
 
 
-def _case(mesh: Any, name: str) -> dict[str, Any]:
+def _case_options(name: str) -> tuple[str, dict[str, Any], str]:
+    """CASES[name], with kernel="array_api" for a name ending in ":array_api"."""
+    case, _, kernel = name.partition(":")
+    loss_name, options, layout = CASES[case]
+    return loss_name, {**options, "kernel": kernel} if kernel else options, layout
+
+
+def _kernel_segments() -> list[int]:
+    """A counter of the fused kernel's segments traced from now on (each device's anchors, per view)."""
+    from hcl_array.backends import _jax_fused
+
+    traced = [0]
+    segment = _jax_fused.segment
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        traced[0] += 1
+        return segment(*args, **kwargs)
+
+    _jax_fused.segment = counting
+    return traced
+
+
+def _case(mesh: Any, name: str, traced: list[int]) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    loss_name, options, layout = CASES[name]
+    loss_name, options, layout = _case_options(name)
     z, ids = global_batch(layout)
     loss = getattr(hcl, loss_name)
     mapped = _mapped(mesh, lambda *arrays: loss(*arrays, axis_name="batch", **options), layout)
     args = (jnp.asarray(z),) if ids is None else (jnp.asarray(z), jnp.asarray(ids))
+    before = traced[0]
     value, grad = jax.jit(jax.value_and_grad(mapped))(*args)
-    return {"value": float(value), "grad": np.asarray(grad).tolist()}
+    return {"value": float(value), "grad": np.asarray(grad).tolist(), "kernel": traced[0] > before}
 
 
-def _uniforms_case(mesh: Any) -> dict[str, Any]:
+def _uniforms_case(mesh: Any, traced: list[int]) -> dict[str, Any]:
     """Sampled negatives from given global uniforms, replicated on every device."""
     import jax
     import jax.numpy as jnp
@@ -66,8 +106,9 @@ def _uniforms_case(mesh: Any) -> dict[str, Any]:
         return hcl.hscl(rows, labels, negatives="sampled", k=6, uniforms=draws, axis_name="batch")
 
     mapped = jax.shard_map(loss, mesh=mesh, in_specs=(shard, shard, PartitionSpec()), out_specs=PartitionSpec())
+    before = traced[0]
     value, grad = jax.value_and_grad(mapped)(jnp.asarray(z), jnp.asarray(ids), uniforms)
-    return {"value": float(value), "grad": np.asarray(grad).tolist()}
+    return {"value": float(value), "grad": np.asarray(grad).tolist(), "kernel": traced[0] > before}
 
 
 def _errors(mesh: Any) -> dict[str, str]:
@@ -123,8 +164,9 @@ def main(path: str) -> None:
     jax.config.update("jax_enable_x64", True)
     mesh = jax.sharding.Mesh(jax.devices(), ("batch",))
     assert len(jax.devices()) == DEVICES
-    out = {name: _case(mesh, name) for name in JAX_CASES}
-    out["uniforms"] = _uniforms_case(mesh)
+    traced = _kernel_segments()
+    out = {name: _case(mesh, name, traced) for name in JAX_CASES}
+    out["uniforms"] = _uniforms_case(mesh, traced)
     out["errors"] = _errors(mesh)
     out["train"] = _train_on_devices()
     Path(path).write_text(json.dumps(out))
@@ -149,24 +191,34 @@ def mapped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def single_process(loss_name: str, options: dict[str, Any], layout: str) -> tuple[float, np.ndarray]:
-    """The loss of the whole batch in one NumPy process and its analytic gradient."""
+    """The loss of the whole batch in one NumPy process on the dense path (the array-API code, which
+    tests/test_paths.py holds to the naive float64 loops) and its analytic gradient: an independent
+    reference for the kernel the devices run."""
     z, ids = global_batch(layout)
-    value, grad = getattr(hcl, loss_name)(z, ids, return_grad=True, **options)
+    dense = {**options, "kernel": "array_api", "tile": None}
+    value, grad = getattr(hcl, loss_name)(z, ids, return_grad=True, **dense)
     return float(value), grad
 
 
 @pytest.mark.parametrize("name", JAX_CASES)
 def test_shard_mapped_value_and_grad_equal_one_device(mapped: dict[str, Any], name: str) -> None:
-    expected_value, expected_grad = single_process(*CASES[name])
+    """Path: distributed, each device's anchors through the fused kernel (KERNEL_CASES) or the array-API blocks."""
+    assert mapped[name]["kernel"] == (name in KERNEL_CASES)
+    loss_name, options, layout = _case_options(name)
+    expected_value, expected_grad = single_process(
+        loss_name, {k: v for k, v in options.items() if k != "kernel"}, layout
+    )
     assert np.abs(expected_grad).max() > 0
     assert mapped[name]["value"] == pytest.approx(expected_value, rel=1e-10, abs=1e-12)
     np.testing.assert_allclose(np.array(mapped[name]["grad"]), expected_grad, atol=1e-10)
 
 
 def test_given_uniforms_draw_what_one_process_draws(mapped: dict[str, Any]) -> None:
+    """Path: distributed through the fused kernel, the uniforms given and replicated, against NumPy's dense path."""
+    assert mapped["uniforms"]["kernel"]
     z, ids = global_batch("rows")
     uniforms = np.random.default_rng(2).random((z.shape[0], 6))
-    value, grad = hcl.hscl(z, ids, negatives="sampled", k=6, uniforms=uniforms, return_grad=True)
+    value, grad = hcl.hscl(z, ids, negatives="sampled", k=6, uniforms=uniforms, return_grad=True, kernel="array_api")
     assert mapped["uniforms"]["value"] == pytest.approx(float(value), rel=1e-10)
     np.testing.assert_allclose(np.array(mapped["uniforms"]["grad"]), grad, atol=1e-10)
 

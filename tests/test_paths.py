@@ -28,15 +28,43 @@ JAX_TILED_ROWS = {
 }
 
 
+#: The JAX kernel compiles a program per option row: every option row the kernel serves once over the
+#: losses, in blocks (each option on a loss it changes: tilt-dependent options on hscl and hucl), and one
+#: row per loss in a single block.
+JAX_FUSED_ROWS = {
+    "hscl": [{}, {"detach_weights": False}, {"negatives": "sampled", "k": 9}, {"reduction": "anchor_mean", "k": 7}],
+    "hucl": [
+        {"include_self": True},
+        {"negative_reduction": "mean", "detach_weights": False},
+        {"negatives": "sampled", "k": 9, "negative_reduction": "mean"},
+    ],
+    "ntxent": [{"normalize": "sphere", "temperature": 0.1}, {"k": 7}],
+    "scl": [{"normalize": "none", "temperature": 3.0}, {"negative_reduction": "mean"}],
+    "supcon": [{"temperature": 0.3}, {"include_self": True, "negative_reduction": "mean", "normalize": "ball"}],
+    "ucl": [{"normalize": "sphere"}, {"reduction": "anchor_mean"}, {"negatives": "sampled", "k": 9}],
+}
+JAX_ONE_BLOCK_ROWS = {
+    "hscl": {"negatives": "sampled", "k": 9, "negative_reduction": "mean"},
+    "hucl": {"normalize": "none", "temperature": 3.0, "detach_weights": False, "reduction": "anchor_mean"},
+    "ntxent": {},
+    "scl": {},
+    "supcon": {"negatives": "sampled", "k": 9},
+    "ucl": {"include_self": True},
+}
+
+
 def _rows(path: str, backend: str, name: str) -> list[int]:
     """The option rows (indices into cases.OPTIONS) a path computes for a loss."""
-    if path != "dense" and backend == "jax":
+    if path == "tiled" and backend == "jax":
         return [cases.OPTIONS.index(JAX_TILED_ROWS[name])]
     rows = range(len(cases.OPTIONS))
     if path == "tiled":  # sampled negatives draw from whole rows of weights: the dense path and the kernel
         rows = [i for i in rows if cases.OPTIONS[i].get("negatives") != "sampled"]
     if path.startswith("fused"):  # per-anchor values need the cotangent inside the kernel's sum
         rows = [i for i in rows if cases.OPTIONS[i].get("reduction") != "none"]
+    if path.startswith("fused") and backend == "jax":
+        chosen = JAX_FUSED_ROWS[name] if path == "fused" else [JAX_ONE_BLOCK_ROWS[name]]
+        return [cases.OPTIONS.index(row) for row in chosen]
     return list(rows)
 
 
@@ -59,7 +87,8 @@ def test_every_path_and_backend_equals_the_dense_path_and_the_naive_loops(path, 
     z, ids = reference["z"], reference["ids"]
     options = {**cases.loss_options(name, cases.OPTIONS[row]), **cases.path_options(path, reference["tile"])}
     ran = cases.record_paths(monkeypatch)
-    jit = backend == "jax" and path == "tiled" and options.get("detach_weights", True)
+    # the JAX kernel under jax.jit; the tiled custom VJP too, but eagerly where the weights take a gradient
+    jit = backend == "jax" and (path.startswith("fused") or (path == "tiled" and options.get("detach_weights", True)))
     value, grad = cases.value_and_gradient(
         backend, cases.LOSSES[name].function, z, ids, jit=jit, uniforms=reference["uniforms"], **options
     )
@@ -76,12 +105,13 @@ def test_every_path_and_backend_equals_the_dense_path_and_the_naive_loops(path, 
     "backend, options, reason",
     [
         ("array_api_strict", {}, "not array_api"),
-        ("jax", {}, "not jax"),
+        ("jax", {"hardening": hcl.hardening.top_k(3)}, "uniform and exponential"),
         ("numpy", {"hardening": hcl.hardening.threshold(0.1)}, "uniform and exponential"),
         ("numpy", {"form": "debiased"}, "debiased form"),
         ("torch", {"reduction": "none"}, "per-anchor values"),
+        ("jax", {"reduction": "none"}, "per-anchor values"),
     ],
-    ids=["array-api-strict", "jax", "threshold", "debiased", "reduction-none"],
+    ids=["array-api-strict", "jax-top-k", "threshold", "debiased", "reduction-none", "jax-reduction-none"],
 )
 def test_forcing_the_kernel_where_it_cannot_compute_names_the_reason(backend, options, reason):
     """Path: fused, forced with kernel="fused"; it raises instead of falling back to the array-API code."""
@@ -118,3 +148,11 @@ def test_torch_graphs_hold_the_registered_functions(path, grad_fn):
     value = hcl.hscl(torch.tensor(z, requires_grad=True), torch.tensor(ids), **cases.path_options(path, 3))
     name = type(value.grad_fn).__name__
     assert name == grad_fn if grad_fn else name not in ("TiledLossBackward", "FusedLossBackward")
+
+
+def test_the_jax_kernel_rows_cover_every_option_row_it_serves():
+    """Each option row the kernel serves (every row but per-anchor values) runs on JAX's kernel at least once."""
+    served = [row for row in cases.OPTIONS if row.get("reduction") != "none"]
+    chosen = [row for rows in JAX_FUSED_ROWS.values() for row in rows] + list(JAX_ONE_BLOCK_ROWS.values())
+    assert [row for row in served if row not in chosen] == []
+    assert all(row in cases.OPTIONS for row in chosen)

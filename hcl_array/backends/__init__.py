@@ -77,7 +77,7 @@ def _load_torch_kernels() -> None:
 
 
 def _load_jax_kernels() -> None:
-    from . import _jax_distributed, _jax_vjp  # noqa: F401
+    from . import _jax_distributed, _jax_fused, _jax_vjp  # noqa: F401
 
 
 def _load_cupy_kernels() -> None:

@@ -4,7 +4,9 @@ Inside `jax.shard_map` (or `pmap`) each device holds its shard of the batch; `hc
 gathers the global batch with `lax.all_gather`, sums the loss with `lax.psum` (the value is replicated:
 `out_specs=P()` works) and sums the column gradients with `lax.psum_scatter`. A `jax.custom_vjp`
 computes the gradient in the forward rule, so `jax.grad` of the shard_map'ed loss is the gradient of
-the single-device loss of the whole batch, and no (tile, N) block is stored.
+the single-device loss of the whole batch, and no (tile, N) block is stored. Each device's blocks of
+anchors run through the fused kernel (`_jax_fused.segment`) for the configurations it serves, and
+through the array-API blocks of `distributed.py` otherwise (or with kernel="array_api").
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import jax
 
-from hcl_array import dispatch, distributed
+from hcl_array import dispatch, distributed, fused
+from hcl_array.backends import _jax_fused
 from hcl_array.backends._jax_vjp import scan_blocks
 from hcl_array.config import LossConfig
 
@@ -52,9 +55,23 @@ class JaxCollectives:
 @partial(jax.jit, static_argnums=(3, 4))  # eager JAX would dispatch every small operation on every device
 def _value_and_grad(embeddings: jax.Array, ids: Any, uniforms: Any, config: LossConfig, need_grad: bool) -> tuple:
     comm = JaxCollectives(config.axis_name)
+    segment = _jax_fused.segment if uses_kernel(config) else None
     return distributed.value_and_grad(
-        embeddings, ids, config, comm, draw=lambda shape: uniforms, need_grad=need_grad, scan=scan_blocks
+        embeddings,
+        ids,
+        config,
+        comm,
+        draw=lambda shape: uniforms,
+        need_grad=need_grad,
+        scan=scan_blocks,
+        segment=segment,
     )
+
+
+def uses_kernel(config: LossConfig) -> bool:
+    """Whether each device's anchors go through the fused kernel (`_jax_fused.segment`) rather than the
+    array-API blocks: the kernel's configurations, unless kernel="array_api" asks for the portable code."""
+    return config.kernel != "array_api" and fused.supports(config) is None
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
