@@ -103,3 +103,23 @@ def test_value_alone_return_grad_and_jax_grad_agree(monkeypatch):
     assert_close(value, expected_value, rtol=1e-12)
     assert_close(grad, expected_grad, rtol=1e-10, atol=1e-13)
     assert_close(scaled, 3.0 * expected_grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("tile", "n", "count", "expected"),
+    [
+        ("auto", 65_536, 65_536, 128),  # 2**24 / 2 entries per (rows, N) block
+        ("auto", 65_536, 16_384, 128),  # a device's quarter of the anchors: still N = 65,536 columns
+        ("auto", 2_048, 2_048, 2_048),  # 4096 rows at most, and never more than the anchors
+        ("auto", 1_000_000, 500, 64),  # 64 rows at least
+        (300, 65_536, 1_000, 300),
+        (None, 8_192, 4_096, 4_096),
+    ],
+)
+def test_blocks_hold_half_the_tiled_paths_entries_sized_by_the_columns(tile, n, count, expected):
+    """Rows per block of the JAX kernel: min(max(2**23 / N, 64), 4096) for "auto", at most the anchors.
+    XLA keeps several (rows, N) temporaries of a block live, hence half the array-API block; sizing by the
+    anchors instead gave a device's share of a global batch blocks 8x too large (1024 rows above)."""
+    from hcl_array.backends._jax_fused import rows_per_block_request
+
+    assert rows_per_block_request(tile, n, count) == expected

@@ -41,7 +41,7 @@ from hcl_array import dispatch, fused, inverse_cdf
 from hcl_array.config import LossConfig
 from hcl_array.formulas import normalize_embeddings, normalize_vjp
 from hcl_array.hardening import ExponentialTilt
-from hcl_array.tiled import block_rows
+from hcl_array.tiled import AUTO_BLOCK_ENTRIES, block_rows
 
 __all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "segment", "tree_draw_columns"]
 
@@ -266,7 +266,7 @@ def segment(
     positions = start + jnp.arange(count)
     constants = _anchor_constants(jnp.take(ids, positions), ids, config, u.dtype)
     # blocks of equal size, at most `tile` rows: fewer pad rows than blocks, and one compiled block body
-    blocks = -(-count // block_rows(config.tile, count))
+    blocks = -(-count // rows_per_block_request(config.tile, u.shape[0], count))
     rows_per_block = -(-count // blocks)
     row_arrays = [jnp.take(u, positions, axis=0), jnp.take(ids, positions), positions]
     row_arrays += [constants[key] for key in ("weight", "log_lambda", "log_candidates")]
@@ -279,6 +279,18 @@ def segment(
     carry = jnp.zeros_like(u) if need_grad else jnp.zeros_like(u[:0])
     column_grad, (loss_sums, row_grad) = scan_blocks(body, carry, tuple(row_arrays), rows_per_block)
     return column_grad, row_grad[:count], loss_sums[:count], constants["pair_count"]
+
+
+def rows_per_block_request(tile: int | str | None, n: int, count: int) -> int:
+    """At most this many of the count anchors per block of (rows, N) entries.
+
+    tile="auto" asks for half the tiled path's entries per block (`AUTO_BLOCK_ENTRIES` / 2 / N rows, 64 to
+    4096): XLA keeps several (rows, N) float32 temporaries of a block live at once, where the array-API
+    blocks free theirs (N = 65,536: 557 MiB at 256 rows, 405 MiB at 128). Sized by the N columns, not
+    the count anchors: a device's share of a global batch has the global batch's columns.
+    """
+    rows = min(max(AUTO_BLOCK_ENTRIES // 2 // max(n, 1), 64), 4096) if tile == "auto" else block_rows(tile, n)
+    return max(min(rows, count), 1)
 
 
 def _block(column_grad: Any, first_row: Any, rows: tuple, *, u, ids, config: LossConfig, need_grad: bool) -> tuple:
