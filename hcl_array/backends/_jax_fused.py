@@ -43,7 +43,7 @@ from hcl_array.formulas import normalize_embeddings, normalize_vjp
 from hcl_array.hardening import ExponentialTilt
 from hcl_array.tiled import AUTO_BLOCK_ENTRIES, block_rows
 
-__all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "segment", "tree_draw_columns"]
+__all__ = ["MATMUL_PRECISION", "draw_columns", "fused_loss", "rows_per_block_request", "segment", "tree_draw_columns"]
 
 #: The precision of the kernel's three products per block: None, the precision in effect when they are
 #: traced, which is `_array_api.full_precision`'s (the one place for that choice; dispatch enters it around
