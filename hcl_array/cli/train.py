@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -278,7 +278,7 @@ def _train_here(
     except RuntimeError as error:  # torch.distributed: a rank died or stopped answering
         if group is None:
             raise
-        raise _lost_rank(error, rank_timeout, target) from None
+        _lost_rank(error, rank_timeout, target)
 
 
 def _checkpoint_path(config: TrainConfig, out: Path | None, resume: Path | None) -> Path:
@@ -377,13 +377,20 @@ def _join_processes(config: TrainConfig, timeout: float) -> tuple[TrainConfig, A
     return config, init_distributed(config.device, timeout)
 
 
-def _lost_rank(error: RuntimeError, timeout: float, target: Path) -> typer.Exit:
-    """The one-line message of a process whose peers died or stopped answering."""
-    if os.environ.get(_LAUNCHED):  # `hcl train --nproc` reports the failed process and the checkpoint itself
-        return typer.Exit(1)
-    first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-    message = f"process {_rank()} stopped: another process died or did not answer within {timeout:g} s"
-    return fail(f"{message} ({first_line}); the last checkpoint {target} is intact: continue with --resume")
+def _lost_rank(error: RuntimeError, timeout: float, target: Path) -> NoReturn:
+    """Exit a process whose peers died or stopped answering, with one line (none under `hcl train --nproc`,
+    whose launcher reports the failed process and the checkpoint itself).
+
+    Not a normal exit: its C++ destructors would meet gloo's threads still waiting on the dead peer, and
+    libstdc++ would print "terminate called without an active exception" and abort after the line.
+    """
+    if not os.environ.get(_LAUNCHED):
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        message = f"process {_rank()} stopped: another process died or did not answer within {timeout:g} s"
+        fail(f"{message} ({first_line}); the last checkpoint {target} is intact: continue with --resume")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _rank() -> int:
