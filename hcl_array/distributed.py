@@ -396,7 +396,7 @@ def per_anchor_values(
     scan: Scan = tiled.scan_blocks,
 ) -> tuple[Array, PerAnchorResiduals]:
     """reduction="none": this rank's anchors' terms of the global loss, (V * B_r,) view-major as one process
-    orders its own rows, (1 / |P(i)|) sum_{j in P(i)} l_ij (0 without pairs); and the residuals of their gradient.
+    orders its own rows: the mean of l_ij over j in P(i) (0 without pairs); and the residuals of their gradient.
 
     Rank r's entry v * B_r + b is the global entry v * B_global + offset_r + b of one process on the whole batch.
     """

@@ -378,9 +378,10 @@ def _scratch_buffers(shapes: tuple[tuple[int, ...], ...], like: Array, ops: Any)
 class _Pass:
     """One call's constants and buffers; its methods are the steps applied to each block of anchors.
 
-    `run(segments)` returns sum_i w_i sum_{j in P(i)} l_ij over the anchors of the segments before the global
-    scale and, when grad_u is given, sets it to tau / scale times their share of dL/du: the sum over their
-    blocks of G u (at rows a:b) and G^T u[a:b] (every row); all of dL/du when the segments hold every row.
+    `run(segments)` returns the sum of w_i l_ij over the positive pairs (i, j in P(i)) of the segments'
+    anchors before the global scale and, when grad_u is given, sets it to tau / scale times their share of
+    dL/du: the sum over their blocks of G u (at rows a:b) and G^T u[a:b] (every row); all of dL/du when the
+    segments hold every row.
     """
 
     def __init__(
@@ -587,10 +588,10 @@ class AnchorSums:
     """The kernel's pass over some anchors (runs of rows of the batch) against every row: the parts that ranks
     holding different anchors of one batch add up (`hcl_array.distributed`), and what turns their sum into dL/dz.
 
-    loss: sum over the anchors i of w_i sum_{j in P(i)} l_ij;  divisor: their share of the loss's divisor (sum
-    |P(i)| for "mean", #{i : |P(i)| > 0} for "anchor_mean");  grad_u: (N, d), the sum over their blocks of
-    G u (at the anchors' rows) and G^T u[a:b] (at every row), i.e. tau / scale times their share of dL/du;
-    None without the gradient. Summed over all anchors of the batch: L = loss / max(divisor, 1).
+    loss: the sum of w_i l_ij over the anchors i and their positives j in P(i);  divisor: their share of the
+    loss's divisor (sum |P(i)| for "mean", #{i : |P(i)| > 0} for "anchor_mean");  grad_u: (N, d), the sum over
+    their blocks of G u (at the anchors' rows) and G^T u[a:b] (at every row), i.e. tau / scale times their
+    share of dL/du; None without the gradient. Summed over all anchors of the batch: L = loss / max(divisor, 1).
     """
 
     loss: Array

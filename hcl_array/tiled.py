@@ -207,7 +207,7 @@ def forward_step(block: tuple, config: LossConfig) -> tuple[Array, ...]:
     """One block of anchor rows in a value pass (this path's and `distributed.py`'s per-anchor values).
 
     block: (s, positives, candidates, log weights, support) of the rows against all columns. Returns the rows'
-    (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|, sum_{j in P(i)} l_ij).
+    (c_i, log lambda_i, LSE(log w), LSE(log w + s), has negatives, |P(i)|, the sum of l_ij over j in P(i)).
     """
     similarity, positives, candidate_mask, log_weights, support = block
     xp = aa.namespace(similarity)
