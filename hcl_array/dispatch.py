@@ -150,7 +150,7 @@ def choose_distributed_path(config: LossConfig, family: str) -> str:
     blocks raise ValueError for what they cannot compute (`distributed.unsupported`).
     """
     if implementation("distributed_fused", family) is None:
-        refusal = f"the kernel serves NumPy, CuPy and torch arrays across ranks, not {family}"
+        refusal = f"the kernel serves NumPy, CuPy, torch and JAX arrays across ranks, not {family}"
     else:
         refusal = fused.supports(config)
     if config.kernel != "array_api" and refusal is None:

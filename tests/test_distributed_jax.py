@@ -29,7 +29,8 @@ DEVICES = 4
 #: the torch tests run every case; here each costs an XLA compilation. Through the fused kernel
 #: (`_jax_fused.segment`), every loss it serves and its options: views and rows, several row blocks,
 #: weights with a gradient, the supcon form, anchor_mean, include_self, negative_reduction="mean", k,
-#: sampled negatives from a seed and the paper preset.
+#: sampled negatives from a seed and the paper preset; kernel="fused" asks for the kernel (it raised across
+#: devices, as if JAX had none there).
 KERNEL_CASES = [
     "ntxent_tile1",
     "hucl_undetached",
@@ -39,6 +40,7 @@ KERNEL_CASES = [
     "paper_preset",
     "self_all_mean",
     "scl",
+    "hscl_anchor_mean:fused",
 ]
 #: Through the array-API blocks of `distributed.py`: a hardening the kernel does not serve, and a kernel
 #: case with kernel="array_api" (the debiased form runs on torch)
@@ -57,7 +59,7 @@ def _mapped(mesh: Any, loss: Any, layout: str) -> Any:
 
 
 def _case_options(name: str) -> tuple[str, dict[str, Any], str]:
-    """CASES[name], with kernel="array_api" for a name ending in ":array_api"."""
+    """CASES[name], with kernel="array_api" ("fused") for a name ending in ":array_api" (":fused")."""
     case, _, kernel = name.partition(":")
     loss_name, options, layout = CASES[case]
     return loss_name, {**options, "kernel": kernel} if kernel else options, layout

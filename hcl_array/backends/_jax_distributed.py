@@ -110,4 +110,7 @@ def distributed_loss(
     return _loss(embeddings, ids, uniforms, config)
 
 
+# One entry for both paths: `uses_kernel` makes the same choice as `dispatch.choose_distributed_path` inside
+# the jitted step, whose cache key is the configuration.
+dispatch.register("distributed_fused", "jax", distributed_loss)
 dispatch.register("distributed", "jax", distributed_loss)
